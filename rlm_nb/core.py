@@ -252,7 +252,9 @@ class _Run:
         if data.get('op') == 'final':
             self.final = Final(data.get('answer'), data.get('source', 'FINAL'), data.get('var'), data.get('type'))
         elif data.get('op') == 'inputs_loaded':
-            for i in data.get('inputs', []): self.emit(Notice(f"loaded {i['name']}: {i['type']} of {i['size']:,} in {i['seconds']}s" if i.get('size') is not None else f"loaded {i['name']}"))
+            for i in data.get('inputs', []):
+                size = f" of length {i['size']:,}" if i.get('size') is not None else ''
+                self.emit(Notice(f"kernel loaded {i['name']} ({i['type']}{size}) in {i['seconds']:.2f}s"))
 
     def allow(self, n):
         return self.rlm.budget.allows_subcalls(self.session, n, self.inflight, self.started)

@@ -331,9 +331,11 @@ class ProgressPrinter:
         elif isinstance(e, IterationFinished):
             it = e.iteration
             errs = sum(c.status != 'ok' for c in it.cells)
-            self._print(f"iteration {it.index}: {len(it.cells)} cell(s){f' ({errs} failed)' if errs else ''}, "
-                        f"{len(it.subcalls)} sub-call(s), {it.usage.total_tokens:,} root tokens, {it.latency:.1f}s model"
-                        + (f" -> FINAL" if it.final else ''))
+            said = ' '.join(it.reasoning.split())
+            said = f'"{said[:70]}…" ' if len(said) > 70 else f'"{said}" ' if said else ''
+            self._print(f"{'fallback' if it.kind == 'fallback' else f'iteration {it.index}'}: {said}{len(it.cells)} cell(s)"
+                        f"{f' ({errs} failed)' if errs else ''}, {len(it.subcalls)} sub-call(s), "
+                        f"{it.usage.total_tokens:,} root tokens, {it.latency:.1f}s model" + (" -> FINAL" if it.final else ''))
         elif isinstance(e, Notice): self._print(f"{e.level}: {e.message}")
         elif isinstance(e, SessionEnded):
             s = e.session
