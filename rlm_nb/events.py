@@ -341,3 +341,4 @@ class ProgressPrinter:
             s = e.session
             self._print(f"done: {s.stop_reason} after {len(s.iterations)} iteration(s), {len(s.subcalls)} sub-call(s), "
                         f"{s.usage.total_tokens:,} tokens, cost {s.usage.cost_str()}, {s.elapsed:.1f}s")
+            if s.final: self._print(f"answer ({s.final.source}): {' '.join(str(s.final.answer).split())[:300]}")

@@ -4,21 +4,20 @@
 
 # %% ../nbs/00_kernel.ipynb 3
 from __future__ import annotations
-import os, sys, re, time, atexit, signal, tempfile, shutil, weakref, threading, json, logging
+import os, sys, re, time, atexit, signal, tempfile, shutil, weakref, threading, json, logging, hmac
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor, Future
-from queue import Empty
 from typing import Callable
 import zmq
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from nbformat.v4 import output_from_msg
 from .events import is_secret_name
 
 log = logging.getLogger('rlm_nb')
 
 # %% auto 0
-__all__ = ['log', 'kernel_env', 'strip_ansi', 'outputs_to_text', 'OutputCollector', 'CellResult', 'KernelDied', 'KernelREPL']
+__all__ = ['log', 'kernel_env', 'strip_ansi', 'outputs_to_text', 'output_from_msg', 'OutputCollector', 'CellResult', 'KernelDied',
+           'KernelREPL']
 
 # %% ../nbs/00_kernel.ipynb
 def kernel_env(base:dict|None=None, extra:dict|None=None) -> dict:
@@ -47,31 +46,51 @@ def outputs_to_text(outputs:list) -> str:
     return ''.join(parts)
 
 # %% ../nbs/00_kernel.ipynb
+def output_from_msg(msg_type:str, content:dict) -> dict:
+    "The nbformat v4 output for an iopub message of type `msg_type`."
+    if msg_type == 'stream': return {'output_type': 'stream', 'name': content['name'], 'text': content['text']}
+    if msg_type == 'error':
+        return {'output_type': 'error', 'ename': content['ename'], 'evalue': content['evalue'], 'traceback': content.get('traceback', [])}
+    out = {'output_type': 'display_data', 'data': content.get('data', {}), 'metadata': content.get('metadata', {})}
+    if msg_type == 'execute_result': out = {**out, 'output_type': 'execute_result', 'execution_count': content.get('execution_count')}
+    return out
+
+# %% ../nbs/00_kernel.ipynb
 class OutputCollector:
     "Builds an nbformat output list from iopub messages."
     def __init__(self): self.outputs, self._clear_pending, self._displays = [], False, {}
 
-    def add(self, msg:dict) -> dict|None:
+    def add(self, msg_type:str, content:dict) -> dict|None:
         "Handle one iopub message; returns the output it added, if any."
-        t, content = msg['msg_type'], msg['content']
-        if t == 'clear_output':
+        if msg_type == 'clear_output':
             if content.get('wait'): self._clear_pending = True
             else: self.outputs.clear(); self._displays.clear()
             return None
-        if t not in ('stream', 'display_data', 'execute_result', 'error', 'update_display_data'): return None
+        if msg_type not in ('stream', 'display_data', 'execute_result', 'error', 'update_display_data'): return None
         if self._clear_pending: self.outputs.clear(); self._displays.clear(); self._clear_pending = False
         display_id = content.get('transient', {}).get('display_id')
-        if t == 'update_display_data':
-            for i in self._displays.get(display_id, []):
-                self.outputs[i] = output_from_msg({**msg, 'msg_type': 'display_data', 'header': {**msg['header'], 'msg_type': 'display_data'}})
+        out = output_from_msg(msg_type, content)
+        if msg_type == 'update_display_data':
+            for i in self._displays.get(display_id, []): self.outputs[i] = out
             return None
-        out = output_from_msg(msg)
-        if t == 'stream' and self.outputs and self.outputs[-1].get('output_type') == 'stream' and self.outputs[-1]['name'] == out['name']:
-            self.outputs[-1]['text'] += out['text']
+        last = self.outputs[-1] if self.outputs else None
+        if msg_type == 'stream' and last and last['output_type'] == 'stream' and last['name'] == out['name']:
+            last['text'] += out['text']
         else:
             if display_id: self._displays.setdefault(display_id, []).append(len(self.outputs))
             self.outputs.append(out)
         return out
+
+# %% ../nbs/00_kernel.ipynb
+def _recv(session, socket) -> dict|None:
+    "One signed message from `socket`, without blocking, or None if none is waiting."
+    try: frames = socket.recv_multipart(zmq.NOBLOCK)
+    except zmq.Again: return None
+    _, frames = session.feed_identities(frames)
+    if session.auth is not None and not hmac.compare_digest(frames[0], session.sign(frames[1:5])):
+        raise ValueError("a kernel message had an invalid signature")
+    header, parent, _, content = (json.loads(f) for f in frames[1:5])
+    return {'msg_type': header['msg_type'], 'header': header, 'parent_header': parent, 'content': content}
 
 # %% ../nbs/00_kernel.ipynb
 @dataclass
@@ -232,57 +251,53 @@ class KernelREPL:
         "Run `code` in the kernel and collect everything it produced."
         if not self.is_alive: raise KernelDied("the kernel is not running; call restart()")
         kc, start = self.kc, time.monotonic()
-        on_request, on_comm = on_request or self.on_request, on_comm or self.on_comm
+        on_request, on_comm = on_request or self.on_request or _refuse, on_comm or self.on_comm
         msg_id = kc.execute(code, silent=silent, store_history=not silent, allow_stdin=True)
         res, collect = CellResult(), OutputCollector()
         deadline = start + timeout if timeout else None
-        idle = reply = False
+        idle = replied = False
         pending: Future|None = None
-        iopub, stdin, shell = kc.iopub_channel, kc.stdin_channel, kc.shell_channel
+        sockets = [(kc.iopub_channel.socket, 'iopub'), (kc.stdin_channel.socket, 'stdin'), (kc.shell_channel.socket, 'shell')]
         try:
-            while not (idle and reply):
+            while not (idle and replied):
                 wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
                 ready = dict(self._poller.poll(int(wait * 1000)))
                 if self._wake_r in ready:
-                   os.read(self._wake_r, 64)
-                   if pending is not None and pending.done():
-                       kc.input(_reply_text(pending)); pending = None
-                for chan in (iopub, stdin, shell):
-                   if chan.socket not in ready: continue
-                   while True:
-                       try: msg = chan.get_msg(timeout=0)
-                       except Empty: break
-                       if msg['parent_header'].get('msg_id') != msg_id: continue
-                       t = msg['msg_type']
-                       if chan is shell: reply = True; res.execution_count = msg['content'].get('execution_count')
-                       elif chan is stdin:
-                           if t == 'input_request':
-                               pending = self._pool.submit(on_request or _refuse, msg['content']['prompt'])
-                               pending.add_done_callback(lambda f, w=self._wake_w: _wake(w))
-                       elif t == 'status': idle = idle or msg['content']['execution_state'] == 'idle'
-                       elif t in ('comm_open', 'comm_msg'):
-                           if on_comm: on_comm(msg['content'])
-                       elif t == 'execute_input': res.execution_count = msg['content'].get('execution_count')
-                       else:
-                           out = collect.add(msg)
-                           if t == 'error':
-                                res.error = {k: msg['content'][k] for k in ('ename', 'evalue')}
+                    os.read(self._wake_r, 64)
+                    if pending is not None and pending.done(): kc.input(_reply_text(pending)); pending = None
+                for sock, chan in sockets:
+                    if sock not in ready: continue
+                    while (msg := _recv(kc.session, sock)) is not None:
+                        if msg['parent_header'].get('msg_id') != msg_id: continue # stale: from an earlier cell
+                        t, content = msg['msg_type'], msg['content']
+                        if chan == 'shell': replied = True; res.execution_count = content.get('execution_count')
+                        elif chan == 'stdin':
+                            if t == 'input_request':
+                                pending = self._pool.submit(on_request, content['prompt'])
+                                pending.add_done_callback(lambda f, w=self._wake_w: _wake(w))
+                        elif t == 'status': idle = idle or content['execution_state'] == 'idle'
+                        elif t in ('comm_open', 'comm_msg'):
+                            if on_comm: on_comm(content)
+                        elif t == 'execute_input': res.execution_count = content.get('execution_count')
+                        else:
+                            if t == 'error':
+                                res.error = {'ename': content['ename'], 'evalue': content['evalue']}
                                 if res.status == 'ok': res.status = 'error'
-                           if out is not None and on_output: on_output(out)
+                            out = collect.add(t, content)
+                            if out is not None and on_output: on_output(out)
                 if not ready and not self.km.is_alive():
-                   res.status = 'died'
-                   collect.outputs.append(_error_output('KernelDied', 'the kernel died while running this cell '
-                                                        '(out of memory, a crash, or os._exit); all variables are gone'))
-                   break
+                    res.status = 'died'
+                    collect.outputs.append(_error_output('KernelDied', 'the kernel died while running this cell '
+                                                         '(out of memory, a crash, or os._exit); all variables are gone'))
+                    break
                 if deadline is not None and time.monotonic() >= deadline:
-                   if res.status != 'timeout':
-                       res.status, deadline = 'timeout', time.monotonic() + self.interrupt_grace
-                       self.interrupt()
-                   else:
-                       self.restart(); res.restarted = True
-                       collect.outputs.append(_error_output('CellTimeout', f'the cell ignored the interrupt; the kernel was '
-                                                            'restarted and all variables are gone'))
-                       break
+                    if res.status == 'timeout': # the interrupt was ignored too
+                        self.restart(); res.restarted = True
+                        collect.outputs.append(_error_output('CellTimeout', 'the cell ignored the interrupt, so the kernel '
+                                                             'was restarted and all variables are gone'))
+                        break
+                    res.status, deadline = 'timeout', time.monotonic() + self.interrupt_grace
+                    self.interrupt()
         except KeyboardInterrupt:
             self.interrupt()
             res.status = 'interrupted'
