@@ -99,12 +99,14 @@ class LM:
 def check_model(model:str, api_base:str|None=None, api_key:str|None=None):
     "Raise `ModelError` if litellm cannot route `model` or its API key is missing."
     litellm = _litellm()
-    try: litellm.get_llm_provider(model, api_base=api_base)
+    try: provider = litellm.get_llm_provider(model, api_base=api_base)[1]
     except Exception:
         raise ModelError(f"unknown model {model!r}: use a litellm name such as 'openai/gpt-4o-mini', "
                          "'anthropic/claude-3-5-haiku-latest', 'ollama/llama3', or 'openai/<name>' with --api-base") from None
     if api_base or api_key: return
     missing = litellm.validate_environment(model).get('missing_keys') or []
+    conventional = f"{provider.upper()}_API_KEY"
+    if not missing and conventional in os.environ and not os.environ[conventional].strip(): missing = [conventional]
     if missing: raise ModelError(f"{model}: no API key; set {' or '.join(missing)} in the environment, or pass api_key=")
 
 # %% ../nbs/02_lm.ipynb

@@ -1,0 +1,102 @@
+"""The `rlm-nb` console script, run as a user would: a subprocess against a scripted server on 127.0.0.1."""
+import json, os, subprocess, sys, time
+import pytest
+from rlm_nb.events import read_trace
+
+ROOT_REPLIES = [
+    "Let me look.\n```repl\nprint(len(context)); print(context.splitlines()[0])\n```",
+    "```repl\nhits = [l for l in context.splitlines() if 'ERROR' in l]\nsummary = llm_query('Summarize: ' + hits[0])\nprint(summary)\n```",
+    "FINAL(disk full on db-2)",
+]
+
+
+def route(replies):
+    "A server script: root requests (with our system prompt) get `replies` in order, sub-calls get a summary."
+    it = iter(replies)
+    def answer(body):
+        system = body['messages'][0]['content'] if body['messages'][0]['role'] == 'system' else ''
+        return next(it) if 'Recursive Language Model' in system else 'disk full on db-2'
+    return answer
+
+
+def rlm_nb(*args, env=None, timeout=120):
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, '-m', 'rlm_nb', *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def log_file(tmp_path):
+    p = tmp_path/'big.log'
+    p.write_text('\n'.join(f"{i} INFO ok" for i in range(50_000)) + '\n50000 ERROR db-2: no space left on device\n')
+    return p
+
+
+def test_run_finishes_against_local_server_and_writes_trace(server, log_file, tmp_path):
+    srv = server(route(ROOT_REPLIES))
+    trace = tmp_path/'run.jsonl'
+    r = rlm_nb('run', '--model', 'openai/root', '--sub-model', 'openai/sub', '--api-base', srv.url,
+               '--context', str(log_file), '--query', 'What went wrong?', '--trace', str(trace))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == 'disk full on db-2'
+    assert 'iteration 1' in r.stderr and 'done: final' in r.stderr  # progress per iteration
+    s = read_trace(trace)
+    assert s.answer == 'disk full on db-2' and s.stop_reason == 'final'
+    assert len(s.iterations) == 3 and len(s.subcalls) == 1
+    assert s.inputs[0]['source'] == str(log_file.resolve()) or s.inputs[0]['source'] == str(log_file)
+    # the root model never received the log itself
+    root_sizes = [len(json.dumps(r['body']['messages'])) for r in srv.requests if r['body']['model'] == 'root']
+    assert max(root_sizes) < log_file.stat().st_size / 10
+
+
+def test_json_output_and_budget_exit_code(server, log_file):
+    srv = server(route(["```repl\nx = 1\n```"] * 2 + ["FINAL(best guess)"]))
+    r = rlm_nb('run', '-m', 'openai/root', '--api-base', srv.url, '-c', f'logs={log_file}', '--query', 'q?',
+               '--max-iterations', '2', '--json', '--quiet')
+    assert r.returncode == 3, r.stderr
+    out = json.loads(r.stdout)
+    assert out['stop_reason'] == 'max_iterations' and out['answer'] == 'best guess' and out['iterations'] == 2
+    assert r.stderr.strip() == ''  # --quiet
+
+
+@pytest.mark.parametrize('args, env, message', [
+    (['--model', 'openai/x', '--context', 'nope.txt'], {}, 'context file not found: nope.txt'),
+    (['--model', 'nosuchprovider/x'], {}, 'unknown model'),
+    (['--model', 'openai/gpt-4o-mini'], {'OPENAI_API_KEY': ''}, 'OPENAI_API_KEY'),
+    ([], {'RLM_MODEL': ''}, 'no model'),
+])
+def test_bad_input_is_one_line_and_exit_2(args, env, message, log_file):
+    if not any(a == '--context' for a in args): args = args + ['--context', str(log_file)]
+    r = rlm_nb('run', *args, '--query', 'q?', env=env)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'Traceback' not in r.stderr
+
+
+def test_help_is_fast_and_does_not_import_litellm():
+    code = "import sys, rlm_nb.cli\ntry: rlm_nb.cli.main(['--help'])\nexcept SystemExit: pass\nprint('litellm' in sys.modules)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip().endswith('False'), r.stdout + r.stderr
+    assert 'run' in r.stdout and 'demo' in r.stdout
+
+
+def test_demo_without_model_is_a_labelled_scripted_walkthrough(tmp_path):
+    trace = tmp_path/'demo.jsonl'
+    r = rlm_nb('demo', '--lines', '8000', '--trace', str(trace), env={'RLM_MODEL': ''})
+    assert r.returncode == 0, r.stderr
+    assert 'scripted walkthrough' in r.stderr and 'expected answer' in r.stderr and '(match)' in r.stderr
+    s = read_trace(trace)
+    assert r.stdout.strip() == s.answer and s.answer.startswith('ORD-')
+    assert len(s.subcalls) == 12  # 300 tickets in batches of 25
+
+
+def test_demo_with_a_model_uses_it(server):
+    from rlm_nb.cli import DEMO_ROOT_REPLIES, demo_sub_model
+    replies = iter(DEMO_ROOT_REPLIES)
+    srv = server(lambda body: next(replies) if body['messages'][0]['role'] == 'system' else demo_sub_model(body['messages']))
+    r = rlm_nb('demo', '--lines', '8000', '--model', 'openai/local', '--api-base', srv.url)
+    assert r.returncode == 0, r.stderr
+    assert 'scripted walkthrough' not in r.stderr and 'asking openai/local' in r.stderr
+    assert '(match)' in r.stderr
+    assert len(srv.requests) == len(DEMO_ROOT_REPLIES) + 12
