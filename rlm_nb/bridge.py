@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 # %% auto 0
-__all__ = ['PREFIX', 'COMM_TARGET', 'encode_request', 'decode_request', 'ok', 'fail', 'write_input', 'load_input',
+__all__ = ['PREFIX', 'COMM_TARGET', 'encode_request', 'decode_request', 'ok', 'fail', 'InputFile', 'write_input', 'load_input',
            'describe_input', 'BridgeError', 'KernelBridge', 'install', 'install_code', 'tool_spec', 'Bridge']
 
 # %% ../nbs/01_bridge.ipynb
@@ -30,8 +30,16 @@ def fail(error:str) -> str: return json.dumps({'ok': False, 'error': error})
 # %% ../nbs/01_bridge.ipynb
 _CHUNK = 1 << 24
 
+class InputFile(os.PathLike):
+    "An input already stored in a file, with the description of its value (as a child RLM's context is)."
+    def __init__(self, name:str, path:str, format:str, description:dict|None=None):
+        self.name, self.path, self.format, self.description = name, path, format, description
+    def __fspath__(self): return self.path
+    def __repr__(self): return f"InputFile({self.path!r}, {self.format!r})"
+
 def write_input(value, dir, name:str) -> dict:
     "Store `value` for the kernel to load as variable `name`; returns the load spec."
+    if isinstance(value, InputFile): return {'name': name, 'path': value.path, 'format': value.format}
     if isinstance(value, Path):
         p = value.expanduser().resolve()
         if not p.is_file(): raise FileNotFoundError(f"input {name!r}: no such file: {value}")
@@ -82,11 +90,14 @@ def _clip(s:str, n:int) -> str: return s if len(s) <= n else s[:n] + f'… [{len
 
 def describe_input(name:str, value, preview:int=500) -> dict:
     "Type, size, structure and a short preview of an input, for the root prompt."
-    if isinstance(value, Path):
-        size = value.stat().st_size
-        with open(value, 'rb') as f: head = f.read(preview).decode('utf-8', 'replace')
-        return {'name': name, 'type': 'str', 'source': str(value), 'size': size,
-                'summary': f"text from file {value.name}, {size:,} bytes", 'preview': head}
+    if isinstance(value, InputFile) and value.description: return {**value.description, 'name': name}
+    if isinstance(value, (Path, InputFile)):
+        path = Path(value); size, fmt = path.stat().st_size, _format_of(path)
+        with open(path, 'rb') as f: head = f.read(preview).decode('utf-8', 'replace')
+        kind = {'text': 'str', 'json': 'JSON data', 'pickle': 'a pickled object', 'parquet': 'a DataFrame'}[fmt]
+        return {'name': name, 'type': kind, 'source': str(path), 'size': size,
+                'summary': f"{kind} read from the file {path.name} ({size:,} bytes)",
+                'preview': head if fmt in ('text', 'json') else f'({fmt} file)'}
     if isinstance(value, str):
         lines = value.count('\n') + 1
         return {'name': name, 'type': 'str', 'size': len(value), 'summary': f"str, {len(value):,} chars, {lines:,} lines",
@@ -164,7 +175,10 @@ class KernelBridge:
     def rlm_query(self, prompt, context=None, model=None) -> str:
         "Start a child RLM on `context` (any input type) and return its answer."
         if not isinstance(prompt, str): raise TypeError(f"rlm_query takes a str prompt, not {type(prompt).__name__}")
-        spec = None if context is None else write_input(context, os.getcwd(), f'_rlm_child_{time.time_ns()}')
+        spec = None
+        if context is not None:
+            spec = write_input(context, os.getcwd(), f'_rlm_child_{time.time_ns()}')
+            spec['description'] = describe_input('context', context)
         return self.request('rlm_query', prompt=prompt, input=spec, model=model)
 
     def FINAL(self, answer):
@@ -247,7 +261,7 @@ class Bridge:
                  tools:list|None=None, # host callables exposed to the kernel
                  concurrency:int=8, # most sub-calls in flight at once for llm_query_batched
                  cache:CompletionCache|None=None, # reuse answers to identical sub-calls
-                 allow:Callable[[int], str|None]|None=None, # given n calls, returns a reason to refuse them, or None
+                 allow:Callable|None=None, # allow(n, cell_calls, cell_usage) returns a reason to refuse n more calls, or None
                  rlm:Callable|None=None, # runs a child RLM: fn(prompt, input_spec, model) -> (answer, Usage)
                  lm_for:Callable[[str], object]|None=None): # builds a model from a name passed as model=
         self.sub_lm, self.events = as_lm(sub_lm), events or EventStream()
@@ -256,7 +270,7 @@ class Bridge:
         self.lm_for = lm_for or as_lm
         self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix='rlm_nb-sub')
         self._ids, self._batches, self._lock = itertools.count(1), itertools.count(1), threading.Lock()
-        self._models, self._cell, self.position = {}, [], (None, None)
+        self._models, self._cell, self._reserved, self.position = {}, [], 0, (None, None)
         self.refused: str|None = None # the budget that refused a call, if any
 
     def begin_cell(self, iteration:int, cell:int): self.position, self._cell = (iteration, cell), []
@@ -278,7 +292,11 @@ class Bridge:
         except Exception as e: return fail(str(e) or type(e).__name__)
 
     def _check(self, n):
-        reason = self.allow(n) if self.allow else None
+        "Reserve `n` calls against the budget, or raise why they are refused."
+        with self._lock:
+            calls, usage = len(self._cell) + self._reserved, sum((c.usage for c in self._cell), Usage())
+            reason = self.allow(n, calls, usage) if self.allow else None
+            if not reason: self._reserved += n
         if reason:
             self.refused = reason
             raise RuntimeError(f"budget exhausted ({reason}): no more sub-calls in this session; finish with what you have")
@@ -297,7 +315,9 @@ class Bridge:
         try: run(sc)
         except Exception as e: sc.error = str(e) or type(e).__name__
         sc.latency = sc.latency or time.monotonic() - start
-        with self._lock: self._cell.append(sc)
+        with self._lock:
+            self._cell.append(sc)
+            self._reserved = max(0, self._reserved - 1)
         self.events.emit(SubCallFinished(sc))
         return sc
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from .kernel import KernelREPL
-from .bridge import Bridge, install_code, write_input, describe_input, tool_spec
+from .bridge import Bridge, InputFile, install_code, write_input, describe_input, tool_spec
 from .lm import as_lm, model_name, check_model, ModelError, CompletionCache, LM, ScriptedLM
 from .events import *
 
@@ -66,7 +66,7 @@ def first_message(query:str, inputs:list) -> str:
 # %% ../nbs/04_core.ipynb
 _FENCE = re.compile(r'```([\w+-]*)[^\n]*\n(.*?)```', re.S)
 _RUNNABLE = {'repl', 'python', 'py', 'python3', 'ipython'}
-_TEXT_FINAL = re.compile(r'^[ \t]*(FINAL_VAR|FINAL)\((.*)\)[ \t]*$', re.M | re.S)
+_TEXT_FINAL = re.compile(r'^[ \t]*(FINAL_VAR|FINAL)\((.*)\)[ \t]*$', re.M)
 
 @dataclass
 class Reply:
@@ -117,10 +117,10 @@ class Budget:
         if self.max_iterations is not None and turns(s) >= self.max_iterations: return 'max_iterations'
         return None
 
-    def allows_subcalls(self, s:Session, n:int, inflight:int, started:float) -> str|None:
-        "Why `n` more sub-calls are refused now, or None."
-        if self.max_llm_calls is not None and len(s.subcalls) + inflight + n > self.max_llm_calls: return 'max_llm_calls'
-        u = s.usage
+    def allows_subcalls(self, s:Session, n:int, started:float, cell_calls:int=0, cell_usage:Usage|None=None) -> str|None:
+        "Why `n` more sub-calls are refused now, or None; `cell_*` count the running cell's calls, not yet in `s`."
+        if self.max_llm_calls is not None and len(s.subcalls) + cell_calls + n > self.max_llm_calls: return 'max_llm_calls'
+        u = s.usage + (cell_usage or Usage())
         if self.max_tokens is not None and u.total_tokens >= self.max_tokens: return 'max_tokens'
         if self.max_cost is not None and u.known_cost >= self.max_cost: return 'max_cost'
         if self.timeout is not None and time.monotonic() - started >= self.timeout: return 'timeout'
@@ -228,7 +228,7 @@ def _inputs(context, named:dict) -> dict:
         if k == 'context' and context is not None: raise ValueError("`context` was given twice")
         values[k] = v
     for k, v in values.items():
-        if isinstance(v, Path) and not v.expanduser().is_file(): raise FileNotFoundError(f"input {k!r}: no such file: {v}")
+        if isinstance(v, (Path, InputFile)) and not Path(v).expanduser().is_file(): raise FileNotFoundError(f"input {k!r}: no such file: {v}")
     return values
 
 # %% ../nbs/04_core.ipynb
@@ -243,7 +243,6 @@ class _Run:
     def __init__(self, rlm:RLM, query:str, values:dict):
         self.rlm, self.query, self.values = rlm, query, values
         self.started, self.errors, self.final, self.code_ran = time.monotonic(), 0, None, False
-        self.inflight = 0
 
     def emit(self, e): self.rlm.events.emit(e)
 
@@ -256,8 +255,8 @@ class _Run:
                 size = f" of length {i['size']:,}" if i.get('size') is not None else ''
                 self.emit(Notice(f"kernel loaded {i['name']} ({i['type']}{size}) in {i['seconds']:.2f}s"))
 
-    def allow(self, n):
-        return self.rlm.budget.allows_subcalls(self.session, n, self.inflight, self.started)
+    def allow(self, n, cell_calls, cell_usage):
+        return self.rlm.budget.allows_subcalls(self.session, n, self.started, cell_calls, cell_usage)
 
     def child(self, prompt, spec, model):
         "Run a child RLM for rlm_query; returns its answer and usage."
@@ -267,7 +266,7 @@ class _Run:
                   kernel_options=r.kernel_options, **r.lm_kw)
         sub.budget, sub.depth = Budget(**{**vars(r.budget), 'timeout': None if r.budget.timeout is None else
                                           max(1.0, r.budget.timeout - (time.monotonic() - self.started))}), r.depth + 1
-        res = sub(prompt, None if spec is None else Path(spec['path']), _parent=self.session.id)
+        res = sub(prompt, None if spec is None else InputFile(**spec), _parent=self.session.id)
         return res.answer or '', res.usage
 
 # %% ../nbs/04_core.ipynb

@@ -1,5 +1,5 @@
 """Helpers for the end-to-end tests: scripting a root and a sub-model behind one ScriptedServer."""
-import json, re, textwrap
+import textwrap
 from rlm_nb.core import RLM
 from rlm_nb.testing import Fault
 
