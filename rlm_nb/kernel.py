@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, sys, re, time, atexit, signal, tempfile, shutil, weakref, threading, json, logging, hmac
 from dataclasses import dataclass, field
-from concurrent.futures import ThreadPoolExecutor, Future
+from concurrent.futures import Future
 from typing import Callable
 import zmq
 from jupyter_client import KernelManager
@@ -162,7 +162,7 @@ class KernelREPL:
         self.extra_env, self.startup_timeout, self.interrupt_grace = env or {}, startup_timeout, interrupt_grace
         self.memory_limit, self.cpu_limit, self.startup_code = memory_limit, cpu_limit, startup_code
         self.on_request, self.on_comm, self.km, self.kc = on_request, on_comm, None, None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix='rlm_nb-request')
+        self._wake_r = self._wake_w = None
 
     def __repr__(self): return f"KernelREPL(alive={self.is_alive}, cwd={self.cwd!r})"
     def __enter__(self): return self.start()
@@ -212,34 +212,56 @@ class KernelREPL:
         "Send SIGINT to the kernel: a running cell raises KeyboardInterrupt."
         if self.is_alive: self.km.interrupt_kernel()
 
-    def shutdown(self):
-        "Stop the kernel and remove its temporary directory. Safe to call twice."
+    def shutdown(self, now:bool=False):
+        "Stop the kernel and remove its temporary directory. Safe to call twice; `now` kills without asking."
         kc, km, self.kc, self.km = self.kc, self.km, None, None
         if kc is not None:
             try: kc.stop_channels()
             except Exception: pass
         if km is not None:
             try:
-                if km.has_kernel: km.shutdown_kernel(now=not km.is_alive())
+                if km.has_kernel: km.shutdown_kernel(now=now or not km.is_alive())
             except Exception as e: log.warning("rlm_nb: kernel shutdown failed: %s", e)
             try: km.cleanup_resources()
             except Exception: pass
-        for fd in ('_wake_r', '_wake_w'):
-            if getattr(self, fd, None) is not None:
-                try: os.close(getattr(self, fd))
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
+        for fd in fds:
+            if fd is not None:
+                try: os.close(fd)
                 except OSError: pass
-                setattr(self, fd, None)
         _live.discard(self)
         if self._own_cwd and self.cwd:
             shutil.rmtree(self.cwd, ignore_errors=True)
             self.cwd = None
 
-    def restart(self):
+    def restart(self, now:bool=False):
         "Replace the kernel with a fresh one in the same working directory; all state is lost."
         own, self._own_cwd = self._own_cwd, False
-        try: self.shutdown()
+        try: self.shutdown(now)
         finally: self._own_cwd = own
         return self.start()
+
+    def _answer(self, on_request, prompt) -> Future:
+        "Run `on_request(prompt)` on a daemon thread that wakes the execute loop when done."
+        fut = Future()
+        def work():
+            try: fut.set_result(on_request(prompt))
+            except BaseException as e: fut.set_exception(e)
+            if self._wake_w is not None: _wake(self._wake_w)
+        # a fresh daemon thread per request: one abandoned by a timeout must neither block the next nor hold up exit
+        threading.Thread(target=work, daemon=True, name='rlm_nb-request').start()
+        return fut
+
+    def _settle(self, msg_id, grace:float=2.0):
+        "Interrupt the cell `msg_id` and wait briefly for the kernel to go idle, so the next cell is not queued behind it."
+        self.interrupt()
+        end = time.monotonic() + grace
+        while self.is_alive and time.monotonic() < end:
+            for sock in (self.kc.iopub_channel.socket, self.kc.stdin_channel.socket, self.kc.shell_channel.socket):
+                while (msg := _recv(self.kc.session, sock)) is not None:
+                    if (msg['msg_type'] == 'status' and msg['parent_header'].get('msg_id') == msg_id
+                            and msg['content']['execution_state'] == 'idle'): return
+            self.kc.iopub_channel.socket.poll(50)
 
     def execute(self,
                 code:str, # the code to run
@@ -252,7 +274,7 @@ class KernelREPL:
         if not self.is_alive: raise KernelDied("the kernel is not running; call restart()")
         kc, start = self.kc, time.monotonic()
         on_request, on_comm = on_request or self.on_request or _refuse, on_comm or self.on_comm
-        msg_id = kc.execute(code, silent=silent, store_history=not silent, allow_stdin=True)
+        msg_id = kc.execute(code, silent=silent, store_history=not silent, allow_stdin=True, stop_on_error=False)
         res, collect = CellResult(), OutputCollector()
         deadline = start + timeout if timeout else None
         idle = replied = False
@@ -270,11 +292,13 @@ class KernelREPL:
                     while (msg := _recv(kc.session, sock)) is not None:
                         if msg['parent_header'].get('msg_id') != msg_id: continue # stale: from an earlier cell
                         t, content = msg['msg_type'], msg['content']
-                        if chan == 'shell': replied = True; res.execution_count = content.get('execution_count')
+                        if chan == 'shell':
+                            replied, res.execution_count = True, content.get('execution_count')
+                            if content.get('status') == 'aborted' and res.status == 'ok':
+                                res.status = 'error'
+                                collect.outputs.append(_error_output('CellAborted', 'the kernel did not run this cell'))
                         elif chan == 'stdin':
-                            if t == 'input_request':
-                                pending = self._pool.submit(on_request, content['prompt'])
-                                pending.add_done_callback(lambda f, w=self._wake_w: _wake(w))
+                            if t == 'input_request': pending = self._answer(on_request, content['prompt'])
                         elif t == 'status': idle = idle or content['execution_state'] == 'idle'
                         elif t in ('comm_open', 'comm_msg'):
                             if on_comm: on_comm(content)
@@ -292,15 +316,15 @@ class KernelREPL:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     if res.status == 'timeout': # the interrupt was ignored too
-                        self.restart(); res.restarted = True
+                        self.restart(now=True); res.restarted = True
                         collect.outputs.append(_error_output('CellTimeout', 'the cell ignored the interrupt, so the kernel '
                                                              'was restarted and all variables are gone'))
                         break
-                    res.status, deadline = 'timeout', time.monotonic() + self.interrupt_grace
+                    res.status, deadline, pending = 'timeout', time.monotonic() + self.interrupt_grace, None
                     self.interrupt()
         except KeyboardInterrupt:
-            self.interrupt()
             res.status = 'interrupted'
+            self._settle(msg_id)
             raise
         finally:
             res.outputs, res.duration = collect.outputs, time.monotonic() - start

@@ -236,7 +236,7 @@ def test_inputs_load_equal_to_the_originals(tmp_path):
 
 def test_budget_refusal_reaches_the_kernel(kernel, server):
     srv, asked = server(echo), []
-    bridge = Bridge(sub(srv), allow=lambda n: asked.append(n) or 'max_llm_calls')
+    bridge = Bridge(sub(srv), allow=lambda n, calls, usage: asked.append(n) or 'max_llm_calls')
     r = run(kernel, 'llm_query_batched(["a", "b", "c"])', bridge)
     assert r.error['ename'] == 'BridgeError' and 'budget exhausted' in r.error['evalue']
     assert 'max_llm_calls' in r.error['evalue']
@@ -244,6 +244,15 @@ def test_budget_refusal_reaches_the_kernel(kernel, server):
     r = run(kernel, 'llm_query("a")', bridge)
     assert r.error['ename'] == 'BridgeError' and 'budget exhausted' in r.error['evalue']
     assert asked == [3, 1] and srv.requests == []
+
+
+def test_budget_counts_the_calls_already_made_in_the_cell(kernel, server):
+    srv = server(echo)
+    bridge = Bridge(sub(srv), allow=lambda n, calls, usage: 'max_llm_calls' if calls + n > 2 else None)
+    r = run(kernel, 'got = []\nfor p in "abc": got.append(llm_query(p))', bridge)
+    assert r.error['ename'] == 'BridgeError' and 'budget exhausted' in r.error['evalue']
+    assert run(kernel, 'print(got)').text == "['echo:a', 'echo:b']\n"
+    assert len(srv.requests) == 2 and bridge.refused == 'max_llm_calls'
 
 
 def test_cache_answers_a_repeated_prompt_without_a_request(kernel, server):

@@ -203,7 +203,7 @@ def run_host(script:str, send=None):
         assert line, p.stderr.read()
         pid, cwd = json.loads(line)
         if send is not None: p.send_signal(send)
-        p.communicate(timeout=60)
+        p.communicate(timeout=30)
     finally:
         if p.poll() is None: p.kill(); p.wait()
     return pid, cwd, p
@@ -236,11 +236,11 @@ def test_kernel_is_shut_down_when_with_block_raises():
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['ctrl-c', 'sigterm'])
 def test_kernel_is_shut_down_when_host_is_signalled_mid_cell(sig):
+    # the host reports the kernel only once the cell is running, so the signal lands inside execute()
     pid, cwd, p = run_host(f'''
         from rlm_nb.kernel import KernelREPL
         k = KernelREPL().start()
-        {PRINT_KERNEL}
-        k.execute("import time; time.sleep(60)")
+        k.execute('print("running", flush=True); import time; time.sleep(60)', on_output=lambda o: {PRINT_KERNEL})
         ''', send=sig)
     assert p.returncode != 0
     assert gone(pid), f'kernel {pid} outlived its host'

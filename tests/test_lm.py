@@ -93,6 +93,12 @@ def test_check_model_names_the_missing_key(monkeypatch):
         check_model('openai/gpt-4o-mini')
 
 
+def test_check_model_treats_an_empty_key_as_missing(monkeypatch):
+    monkeypatch.setenv('OPENAI_API_KEY', '  ')
+    with pytest.raises(ModelError, match='OPENAI_API_KEY'):
+        check_model('openai/gpt-4o-mini')
+
+
 def test_check_model_accepts_a_custom_endpoint_without_key(monkeypatch):
     monkeypatch.delenv('OPENAI_API_KEY', raising=False)
     check_model('openai/gpt-4o-mini', api_base='http://127.0.0.1:1/v1')
