@@ -240,8 +240,8 @@ def _feedback_for(cell:CodeCell, limit:int) -> str:
 
 class _Run:
     "The state of one session while it runs."
-    def __init__(self, rlm:RLM, query:str, values:dict):
-        self.rlm, self.query, self.values = rlm, query, values
+    def __init__(self, rlm:RLM):
+        self.rlm, self.session = rlm, None
         self.started, self.errors, self.final, self.code_ran = time.monotonic(), 0, None, False
 
     def emit(self, e): self.rlm.events.emit(e)
@@ -275,11 +275,11 @@ def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult
     if not isinstance(query, str) or not query.strip(): raise ValueError("the question must be a non-empty string")
     values = _inputs(context, inputs)
     self.check()
-    run = _Run(self, query, values)
+    run = _Run(self)
     descs = [describe_input(k, v, self.preview_chars) for k, v in values.items()]
     tools = [tool_spec(t) for t in self.tools]
     s = run.session = Session(query, model_name(self.root_lm), model_name(self.sub_lm), inputs=descs, parent=_parent,
-                              settings={**{k: v for k, v in vars(self.budget).items()}, 'cell_timeout': self.cell_timeout,
+                              settings={**vars(self.budget), 'cell_timeout': self.cell_timeout,
                                         'max_output_chars': self.max_output_chars, 'concurrency': self.concurrency,
                                         'cache': self.cache, 'depth': self.depth, 'tools': [t['name'] for t in tools]})
     s.system_prompt = system_prompt(descs, tools, template=self.system_prompt)
