@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_bridge.ipynb 3
 from __future__ import annotations
-import json, os, sys, threading, itertools, time, builtins, getpass, pickle, contextvars, types, inspect
+import json, os, sys, threading, itertools, time, builtins, getpass, pickle, contextvars, types, inspect, mmap
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -28,7 +28,7 @@ def ok(result) -> str: return json.dumps({'ok': True, 'result': result})
 def fail(error:str) -> str: return json.dumps({'ok': False, 'error': error})
 
 # %% ../nbs/01_bridge.ipynb
-_CHUNK = 1 << 24
+_CHUNK = 1 << 20 # chars per write: bigger chunks page-fault more fresh memory than they save in calls
 
 class InputFile(os.PathLike):
     "An input already stored in a file, with the description of its value (as a child RLM's context is)."
@@ -74,7 +74,9 @@ def load_input(spec:dict):
     "Load an input in the kernel from its spec."
     path, fmt = spec['path'], spec['format']
     if fmt == 'text':
-        with open(path, encoding='utf-8', errors='replace', newline='') as f: return f.read()
+        with open(path, 'rb') as f:
+            if os.fstat(f.fileno()).st_size == 0: return ''
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m: return str(m, 'utf-8', 'replace')
     if fmt == 'bytes': return Path(path).read_bytes()
     if fmt == 'json':
         with open(path, encoding='utf-8') as f: return json.load(f)
@@ -261,7 +263,7 @@ class Bridge:
                  tools:list|None=None, # host callables exposed to the kernel
                  concurrency:int=8, # most sub-calls in flight at once for llm_query_batched
                  cache:CompletionCache|None=None, # reuse answers to identical sub-calls
-                 allow:Callable|None=None, # allow(n, cell_calls, cell_usage) returns a reason to refuse n more calls, or None
+                 allow:Callable|None=None, # allow(n, calls, usage) returns a reason to refuse n more calls, or None
                  rlm:Callable|None=None, # runs a child RLM: fn(prompt, input_spec, model) -> (answer, Usage)
                  lm_for:Callable[[str], object]|None=None): # builds a model from a name passed as model=
         self.sub_lm, self.events = as_lm(sub_lm), events or EventStream()
@@ -271,6 +273,7 @@ class Bridge:
         self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix='rlm_nb-sub')
         self._ids, self._batches, self._lock = itertools.count(1), itertools.count(1), threading.Lock()
         self._models, self._cell, self._reserved, self.position = {}, [], 0, (None, None)
+        self.calls, self.usage = 0, Usage() # running totals over the session, so budget checks cost O(1)
         self.refused: str|None = None # the budget that refused a call, if any
 
     def begin_cell(self, iteration:int, cell:int): self.position, self._cell = (iteration, cell), []
@@ -294,8 +297,7 @@ class Bridge:
     def _check(self, n):
         "Reserve `n` calls against the budget, or raise why they are refused."
         with self._lock:
-            calls, usage = len(self._cell) + self._reserved, sum((c.usage for c in self._cell), Usage())
-            reason = self.allow(n, calls, usage) if self.allow else None
+            reason = self.allow(n, self.calls + self._reserved, self.usage) if self.allow else None
             if not reason: self._reserved += n
         if reason:
             self.refused = reason
@@ -317,7 +319,7 @@ class Bridge:
         sc.latency = sc.latency or time.monotonic() - start
         with self._lock:
             self._cell.append(sc)
-            self._reserved = max(0, self._reserved - 1)
+            self.calls, self.usage, self._reserved = self.calls + 1, self.usage + sc.usage, max(0, self._reserved - 1)
         self.events.emit(SubCallFinished(sc))
         return sc
 

@@ -107,24 +107,24 @@ class Budget:
     timeout:float|None = None # wall seconds for the session
     max_errors:int|None = 5 # consecutive failed cells
 
+    def spent(self, usage:Usage, started:float) -> str|None:
+        "The budget of tokens, money or time that `usage` and the clock have used up, or None."
+        if self.timeout is not None and time.monotonic() - started >= self.timeout: return 'timeout'
+        if self.max_tokens is not None and usage.total_tokens >= self.max_tokens: return 'max_tokens'
+        if self.max_cost is not None and usage.known_cost >= self.max_cost: return 'max_cost'
+        return None
+
     def exceeded(self, s:Session, started:float, errors:int=0) -> str|None:
         "The first budget this session has used up, or None."
-        u = s.usage
-        if self.timeout is not None and time.monotonic() - started >= self.timeout: return 'timeout'
-        if self.max_tokens is not None and u.total_tokens >= self.max_tokens: return 'max_tokens'
-        if self.max_cost is not None and u.known_cost >= self.max_cost: return 'max_cost'
+        if reason := self.spent(s.usage, started): return reason
         if self.max_errors is not None and errors >= self.max_errors: return 'max_errors'
         if self.max_iterations is not None and turns(s) >= self.max_iterations: return 'max_iterations'
         return None
 
-    def allows_subcalls(self, s:Session, n:int, started:float, cell_calls:int=0, cell_usage:Usage|None=None) -> str|None:
-        "Why `n` more sub-calls are refused now, or None; `cell_*` count the running cell's calls, not yet in `s`."
-        if self.max_llm_calls is not None and len(s.subcalls) + cell_calls + n > self.max_llm_calls: return 'max_llm_calls'
-        u = s.usage + (cell_usage or Usage())
-        if self.max_tokens is not None and u.total_tokens >= self.max_tokens: return 'max_tokens'
-        if self.max_cost is not None and u.known_cost >= self.max_cost: return 'max_cost'
-        if self.timeout is not None and time.monotonic() - started >= self.timeout: return 'timeout'
-        return None
+    def allows_subcalls(self, n:int, calls:int, usage:Usage, started:float) -> str|None:
+        "Why `n` more sub-calls are refused, given `calls` made so far and the session's `usage`, or None."
+        if self.max_llm_calls is not None and calls + n > self.max_llm_calls: return 'max_llm_calls'
+        return self.spent(usage, started)
 
 # %% ../nbs/04_core.ipynb
 def truncate(text:str, limit:int) -> str:
@@ -241,7 +241,7 @@ def _feedback_for(cell:CodeCell, limit:int) -> str:
 class _Run:
     "The state of one session while it runs."
     def __init__(self, rlm:RLM):
-        self.rlm, self.session = rlm, None
+        self.rlm, self.session, self.root_usage = rlm, None, Usage() # root usage kept running, for budget checks
         self.started, self.errors, self.final, self.code_ran = time.monotonic(), 0, None, False
 
     def emit(self, e): self.rlm.events.emit(e)
@@ -255,8 +255,8 @@ class _Run:
                 size = f" of length {i['size']:,}" if i.get('size') is not None else ''
                 self.emit(Notice(f"kernel loaded {i['name']} ({i['type']}{size}) in {i['seconds']:.2f}s"))
 
-    def allow(self, n, cell_calls, cell_usage):
-        return self.rlm.budget.allows_subcalls(self.session, n, self.started, cell_calls, cell_usage)
+    def allow(self, n, calls, sub_usage):
+        return self.rlm.budget.allows_subcalls(n, calls, self.root_usage + sub_usage, self.started)
 
     def child(self, prompt, spec, model):
         "Run a child RLM for rlm_query; returns its answer and usage."
@@ -376,6 +376,7 @@ def _iteration(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge) -> Iteration:
     n = turns(s) + 1
     run.emit(IterationStarted(n))
     c = self.root_lm.complete(_messages(s))
+    run.root_usage += c.usage
     reply = parse_reply(c.text)
     it = Iteration(n, c.text, reply.reasoning, usage=c.usage, latency=c.latency)
     s.iterations.append(it)

@@ -116,7 +116,8 @@ class _ThisInterpreter(KernelSpecManager):
     "Kernel specs that always launch ipykernel with the current interpreter."
     def get_kernel_spec(self, kernel_name, *a, **k):
         return KernelSpec(argv=[sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}',
-                                '--HistoryManager.enabled=False', '--IPKernelApp.log_level=ERROR'],
+                                '--HistoryManager.enabled=False', '--IPKernelApp.log_level=ERROR',
+                                '--InteractiveShell.cache_size=0'],
                           display_name='rlm_nb', language='python')
 
 _live = weakref.WeakSet()

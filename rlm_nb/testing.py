@@ -49,6 +49,7 @@ class ScriptedServer:
         server = self
         class Handler(BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1'
+            disable_nagle_algorithm = True # headers and body go out in two writes; don't let Nagle hold the body
             def log_message(self, *a): pass
             def do_GET(self):
                 if self.path.rstrip('/').endswith('/models'): self._send(200, {'object': 'list', 'data': [{'id': 'scripted', 'object': 'model'}]})
