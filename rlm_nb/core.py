@@ -377,6 +377,8 @@ def _iteration(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge) -> Iteration:
     run.emit(IterationStarted(n))
     c = self.root_lm.complete(_messages(s))
     run.root_usage += c.usage
+    if n == 1 and self.budget.max_cost is not None and c.usage.unpriced_calls:
+        run.emit(Notice(f"max_cost counts only priced calls, and litellm has no price for {model_name(self.root_lm)}", 'warning'))
     reply = parse_reply(c.text)
     it = Iteration(n, c.text, reply.reasoning, usage=c.usage, latency=c.latency)
     s.iterations.append(it)

@@ -168,6 +168,16 @@ class Session:
     def from_dict(cls, d):
         return _from(cls, d, final=Final.from_dict, iterations=lambda xs: [Iteration.from_dict(x) for x in xs])
 
+    def _repr_markdown_(self):
+        def said(it): return ' '.join(it.reasoning.split())[:90].replace('|', '\\|') or '—'
+        rows = '\n'.join(f"| {it.index}{' (fallback)' if it.kind == 'fallback' else ''} | {said(it)} | {len(it.cells)} | "
+                         f"{len(it.subcalls)} | {it.usage.total_tokens:,} |" for it in self.iterations)
+        answer = self.final.answer if self.final else '*(none)*'
+        return (f"**{self.query}**\n\n{self.model} (sub: {self.sub_model}) · *{self.stop_reason or 'running'}* · "
+                f"{self.usage.total_tokens:,} tokens · {self.usage.cost_str()} · {self.elapsed:.1f}s\n\n"
+                f"| iteration | the model said | cells | sub-calls | root tokens |\n|---|---|---|---|---|\n{rows}\n\n"
+                f"**Answer:** {answer}")
+
 # %% ../nbs/03_events.ipynb
 @dataclass
 class Event:

@@ -529,3 +529,14 @@ def test_child_rlm_is_told_its_context_is_a_list(child_run):
     res, srv = child_run
     child_first = next(first_user(b) for b in root_requests(srv) if CHILD_Q in first_user(b))
     assert 'list of 3 items' in child_first, child_first
+
+
+def test_one_gigabyte_text_context_works(server):
+    "The brief's size: a 1 GB str goes to the kernel as a file, the root sees only its description."
+    context = 'ERROR disk full\n' + 'x' * (10**9 - 32) + '\nEND OF LOG\n'
+    srv = server(script([repl("print(len(context), context[:15], context[-11:].strip())"), "FINAL(done)"]))
+    res = rlm(srv)('How long is the log and how does it start and end?', context=context)
+    assert res.stop_reason == 'final'
+    assert res.session.cells[0].text.strip() == f"{len(context)} ERROR disk full END OF LOG"
+    assert f"{len(context):,} chars" in first_user(root_requests(srv)[0])
+    assert max(len(str(b['messages'])) for b in root_requests(srv)) < 20_000
