@@ -291,7 +291,9 @@ class KernelREPL:
                 for sock, chan in sockets:
                     if sock not in ready: continue
                     while (msg := _recv(kc.session, sock)) is not None:
-                        if msg['parent_header'].get('msg_id') != msg_id: continue # stale: from an earlier cell
+                        # a request from a thread an earlier cell started is still a live request: answer it, or
+                        # that thread blocks in input() holding the bridge lock and wedges every later llm_query
+                        if chan != 'stdin' and msg['parent_header'].get('msg_id') != msg_id: continue
                         t, content = msg['msg_type'], msg['content']
                         if chan == 'shell':
                             replied, res.execution_count = True, content.get('execution_count')

@@ -128,6 +128,18 @@ def test_llm_query_from_threads(kernel, server):
     assert len(srv.requests) == 4
 
 
+def test_thread_outliving_its_cell_does_not_wedge_later_calls(kernel, server):
+    "A thread's llm_query sent after its cell ended is answered by the next cell's loop, not left blocking the lock."
+    srv = server(echo)
+    bridge = Bridge(sub(srv))
+    run(kernel, 'import threading, time\nlate = []\n'
+                'def later():\n    time.sleep(0.5)\n    late.append(llm_query("from a thread"))\n'
+                'threading.Thread(target=later).start()', bridge)
+    r = run(kernel, 'time.sleep(1.5)\nprint(llm_query("from the cell"), late)', bridge, timeout=10)
+    assert r.status == 'ok', r.text
+    assert r.text == "echo:from the cell ['echo:from a thread']\n"
+
+
 # ---------------------------------------------------------------- tools
 
 def test_tool_call_runs_on_the_host(kernel):
