@@ -135,7 +135,8 @@ def test_thread_outliving_its_cell_does_not_wedge_later_calls(kernel, server):
     run(kernel, 'import threading, time\nlate = []\n'
                 'def later():\n    time.sleep(0.5)\n    late.append(llm_query("from a thread"))\n'
                 'threading.Thread(target=later).start()', bridge)
-    r = run(kernel, 'time.sleep(1.5)\nprint(llm_query("from the cell"), late)', bridge, timeout=10)
+    time.sleep(1.5)  # the thread asks while no cell is running, so its request carries the finished cell's id
+    r = run(kernel, 'print(llm_query("from the cell"), late)', bridge, timeout=10)
     assert r.status == 'ok', r.text
     assert r.text == "echo:from the cell ['echo:from a thread']\n"
 
