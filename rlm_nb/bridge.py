@@ -47,18 +47,19 @@ def write_input(value, dir, name:str) -> dict:
     dir = Path(dir)
     if isinstance(value, str):
         p = dir/f'{name}.txt'
-        with open(p, 'w', encoding='utf-8', newline='') as f:
+        with open(p, 'w', encoding='utf-8', errors='surrogatepass', newline='') as f:
             for i in range(0, len(value), _CHUNK): f.write(value[i:i+_CHUNK])
         return {'name': name, 'path': str(p), 'format': 'text'}
     if isinstance(value, (bytes, bytearray)):
         p = dir/f'{name}.bin'; p.write_bytes(value)
         return {'name': name, 'path': str(p), 'format': 'bytes'}
     if isinstance(value, (list, dict)):
-        p = dir/f'{name}.json'
         try:
-            with open(p, 'w', encoding='utf-8') as f: json.dump(value, f)
-            return {'name': name, 'path': str(p), 'format': 'json'}
-        except (TypeError, ValueError): p.unlink(missing_ok=True) # not JSON: fall through to pickle
+            text = json.dumps(value)
+            if json.loads(text) == value: # tuples and int keys would come back changed: those go as pickle
+                p = dir/f'{name}.json'; p.write_text(text, encoding='utf-8')
+                return {'name': name, 'path': str(p), 'format': 'json'}
+        except (TypeError, ValueError): pass
     p = dir/f'{name}.pkl'
     try:
         with open(p, 'wb') as f: pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -264,7 +265,7 @@ class Bridge:
                  concurrency:int=8, # most sub-calls in flight at once for llm_query_batched
                  cache:CompletionCache|None=None, # reuse answers to identical sub-calls
                  allow:Callable|None=None, # allow(n, calls, usage) returns a reason to refuse n more calls, or None
-                 rlm:Callable|None=None, # runs a child RLM: fn(prompt, input_spec, model) -> (answer, Usage)
+                 rlm:Callable|None=None, # runs a child RLM: fn(prompt, input_spec, model) -> (answer, Usage, error or None)
                  lm_for:Callable[[str], object]|None=None): # builds a model from a name passed as model=
         self.sub_lm, self.events = as_lm(sub_lm), events or EventStream()
         self.tools = {t.__name__: t for t in tools or []}
@@ -301,7 +302,7 @@ class Bridge:
             if not reason: self._reserved += n
         if reason:
             self.refused = reason
-            raise RuntimeError(f"budget exhausted ({reason}): no more sub-calls in this session; finish with what you have")
+            raise RuntimeError(f"budget exhausted ({reason}): {n} more sub-call(s) refused; finish with what you have")
 
     def _model(self, name):
         if not name: return self.sub_lm
@@ -315,7 +316,7 @@ class Bridge:
         self.events.emit(SubCallStarted(sc))
         start = time.monotonic()
         try: run(sc)
-        except Exception as e: sc.error = str(e) or type(e).__name__
+        except BaseException as e: sc.error = str(e) or type(e).__name__ # a tool's SystemExit must not end the host
         sc.latency = sc.latency or time.monotonic() - start
         with self._lock:
             self._cell.append(sc)
@@ -335,6 +336,7 @@ class Bridge:
         return self._record('llm', prompt, model_name(lm), run, batch)
 
     def _op_llm_query(self, req):
+        self._model(req.get('model')) # a bad model name fails before anything is reserved
         self._check(1)
         sc = self._complete(req['prompt'], req.get('model'))
         if sc.error: raise RuntimeError(sc.error)
@@ -342,6 +344,7 @@ class Bridge:
 
     def _op_llm_query_batched(self, req):
         prompts = req['prompts']
+        self._model(req.get('model'))
         self._check(len(prompts))
         batch = next(self._batches)
         calls = list(self._pool.map(lambda p: self._complete(p, req.get('model'), batch), prompts))
@@ -355,7 +358,7 @@ class Bridge:
         if self.rlm is None: raise RuntimeError("rlm_query is not available here (max_depth reached); use llm_query")
         self._check(1)
         def run(sc):
-            sc.response, sc.usage = self.rlm(req['prompt'], req.get('input'), req.get('model'))
+            sc.response, sc.usage, sc.error = self.rlm(req['prompt'], req.get('input'), req.get('model'))
         sc = self._record('rlm', req['prompt'], req.get('model') or model_name(self.sub_lm), run)
         if sc.error: raise RuntimeError(sc.error)
         return sc.response

@@ -102,9 +102,10 @@ def _die(msg, code=2):
 def _contexts(specs:list) -> dict:
     out = {}
     for i, spec in enumerate(specs):
-        name, _, path = spec.rpartition('=') if '=' in spec and spec.split('=', 1)[0].isidentifier() else ('', '', spec)
+        name, _, path = spec.partition('=') if '=' in spec and spec.split('=', 1)[0].isidentifier() else ('', '', spec)
         name = name or ('context' if 'context' not in out else f'context_{i + 1}')
         p = Path(path).expanduser()
+        if p.is_dir(): _die(f"context is a directory, not a file: {path}")
         if not p.is_file(): _die(f"context file not found: {path}")
         if name in out: _die(f"input {name!r} given twice")
         out[name] = p
@@ -122,7 +123,7 @@ def _finish(res, as_json:bool) -> int:
                           'sub_calls': res.sub_calls, 'tokens': res.usage.total_tokens, 'cost': res.cost,
                           'elapsed': round(res.elapsed, 3), 'session': s.id}, indent=2))
     else: print(res.answer if res.answer is not None else '')
-    return {'final': 0, 'model_error': 1}.get(res.stop_reason, 3)
+    return {'final': 0, 'model_error': 1, 'interrupted': 130}.get(res.stop_reason, 3)
 
 # %% ../nbs/08_cli.ipynb
 def cmd_run(a) -> int:
@@ -134,8 +135,9 @@ def cmd_run(a) -> int:
     try:
         rlm = RLM(a.model, a.sub_model, api_base=a.api_base, sub_api_base=a.sub_api_base, **_budget_kwargs(a))
         rlm.check()
-    except ModelError as e: _die(str(e))
-    return _finish(rlm(a.query, **inputs), a.json)
+        res = rlm(a.query, **inputs)
+    except (ModelError, ValueError, FileNotFoundError) as e: _die(str(e))
+    return _finish(res, a.json)
 
 def cmd_demo(a) -> int:
     from rlm_nb.core import RLM

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_core.ipynb 3
 from __future__ import annotations
-import ast, re, sys, time, json, tempfile, shutil, keyword
+import ast, re, sys, time, json, tempfile, shutil, keyword, builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -52,7 +52,9 @@ def system_prompt(inputs:list, tools:list, chunk:int=100_000, template:str=SYSTE
     "The system prompt for a session with these input descriptions and tool specs."
     names = ', '.join(f"`{i['name']}` ({i['summary']})" for i in inputs) or 'none'
     tl = ''.join(f"\n- {t['name']}{t['signature']}: {t['doc'].splitlines()[0] if t['doc'] else 'a host tool'}" for t in tools)
-    return template.format(inputs=names, tools=('\n\nHost tools (call them like functions):' + tl) if tools else '', chunk=chunk)
+    fields = {'{inputs}': names, '{tools}': ('\n\nHost tools (call them like functions):' + tl) if tools else '', '{chunk:,}': f'{chunk:,}', '{chunk}': str(chunk)}
+    for k, v in fields.items(): template = template.replace(k, v) # not str.format: a user's template may hold JSON braces
+    return template
 
 def first_message(query:str, inputs:list) -> str:
     "The first user message: what the inputs look like, and the question."
@@ -64,9 +66,21 @@ def first_message(query:str, inputs:list) -> str:
     return '\n'.join(parts)
 
 # %% ../nbs/04_core.ipynb
-_FENCE = re.compile(r'```([\w+-]*)[^\n]*\n(.*?)```', re.S)
+_FENCE = re.compile(r'^[ \t]*```([\w+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$', re.S | re.M)
 _RUNNABLE = {'repl', 'python', 'py', 'python3', 'ipython'}
-_TEXT_FINAL = re.compile(r'^[ \t]*(FINAL_VAR|FINAL)\((.*)\)[ \t]*$', re.M)
+_FINAL_START = re.compile(r'^[ \t]*(FINAL_VAR|FINAL)\(', re.M)
+
+def _text_final_span(text:str) -> tuple|None:
+    "(kind, argument) of a FINAL(...) that starts a line and closes at the end of a line, possibly a later one."
+    m = _FINAL_START.search(text)
+    if not m: return None
+    rest, depth, ends = text[m.end():], 1, []
+    for i, ch in enumerate(rest):
+        depth += (ch == '(') - (ch == ')')
+        if ch == ')' and not rest[i + 1:].split('\n', 1)[0].strip():
+            if depth <= 0: return m[1], rest[:i]
+            ends.append(i)
+    return (m[1], rest[:ends[-1]]) if ends else None
 
 @dataclass
 class Reply:
@@ -90,8 +104,8 @@ def parse_reply(text:str) -> Reply:
         if lang.lower() in _RUNNABLE: code.append(body.strip('\n'))
         elif 'FINAL' in body: fenced_final = True
     reasoning = _FENCE.sub('', text).strip()
-    m, final = _TEXT_FINAL.search(reasoning), None
-    if m: final = (m[1], _literal(m[2]).strip('\'" ') if m[1] == 'FINAL_VAR' else _literal(m[2]))
+    m, final = _text_final_span(reasoning), None
+    if m: final = (m[0], _literal(m[1]).strip('\'" ') if m[0] == 'FINAL_VAR' else _literal(m[1]))
     return Reply(code, reasoning, final, fenced_final)
 
 # %% ../nbs/04_core.ipynb
@@ -206,6 +220,12 @@ class RLM:
         self.events = EventStream()
         for t in self.tools:
             if not callable(t) or not getattr(t, '__name__', '').isidentifier(): raise TypeError(f"tools must be named functions, not {t!r}")
+            if t.__name__ in _RESERVED: raise ValueError(f"a tool named {t.__name__!r} would replace the REPL function of that name")
+        for name, v in (('max_iterations', max_iterations), ('max_llm_calls', max_llm_calls), ('max_tokens', max_tokens),
+                        ('max_errors', max_errors), ('max_cost', max_cost), ('timeout', timeout), ('cell_timeout', cell_timeout)):
+            low = 0 if name == 'max_llm_calls' else 1e-9
+            if v is not None and (not isinstance(v, (int, float)) or v < low):
+                raise ValueError(f"{name} must be {'zero or more' if low == 0 else 'positive'} (or None for no limit), not {v!r}")
         self._checked = False
 
     def __repr__(self): return f"RLM(model={model_name(self.root_lm)!r}, sub_model={model_name(self.sub_lm)!r})"
@@ -225,6 +245,7 @@ def _inputs(context, named:dict) -> dict:
     for k, v in named.items():
         if not k.isidentifier() or keyword.iskeyword(k): raise ValueError(f"input name {k!r} is not a valid Python variable name")
         if k in _RESERVED: raise ValueError(f"input name {k!r} would hide the REPL function of that name; pick another")
+        if hasattr(builtins, k): raise ValueError(f"input name {k!r} would hide the Python builtin of that name; pick another")
         if k == 'context' and context is not None: raise ValueError("`context` was given twice")
         values[k] = v
     for k, v in values.items():
@@ -258,6 +279,10 @@ class _Run:
     def allow(self, n, calls, sub_usage):
         return self.rlm.budget.allows_subcalls(n, calls, self.root_usage + sub_usage, self.started)
 
+    def exhausted(self, bridge) -> str|None:
+        "The budget that leaves no room for even one more sub-call, if any: the session ends on it."
+        return self.allow(1, bridge.calls, bridge.usage)
+
     def child(self, prompt, spec, model):
         "Run a child RLM for rlm_query; returns its answer and usage."
         r = self.rlm
@@ -267,7 +292,9 @@ class _Run:
         sub.budget, sub.depth = Budget(**{**vars(r.budget), 'timeout': None if r.budget.timeout is None else
                                           max(1.0, r.budget.timeout - (time.monotonic() - self.started))}), r.depth + 1
         res = sub(prompt, None if spec is None else InputFile(**spec), _parent=self.session.id)
-        return res.answer or '', res.usage
+        error = None if res.stop_reason == 'final' else (f"the child RLM stopped without FINAL ({res.stop_reason}); "
+                                                         f"its best-effort answer: {res.answer!r}")
+        return res.answer or '', res.usage, error
 
 # %% ../nbs/04_core.ipynb
 def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult:
@@ -297,7 +324,10 @@ def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult
                         lm_for=lambda name: as_lm(name, **self.lm_kw))
         repl = KernelREPL(cwd=str(workdir), startup_code=install_code({'inputs': specs, 'tools': tools}),
                           on_request=bridge, on_comm=run.on_comm, **self.kernel_options)
-        repl.start()
+        try: repl.start()
+        except RuntimeError as e:
+            last = [l for l in str(e).splitlines() if l.strip()][-1:] or ['unknown error']
+            raise ValueError(f"the kernel could not load the inputs ({', '.join(values) or 'none'}): {last[0]}") from None
         _loop(self, run, repl, bridge)
     except KeyboardInterrupt:
         s.stop_reason = 'interrupted'
@@ -307,7 +337,7 @@ def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult
     finally:
         s.stop_reason = s.stop_reason or 'error'
         try:
-            if s.final is None: s.final = _fallback(self, run, repl)
+            if s.final is None: s.final = _fallback(self, run, repl, bridge)
         except KeyboardInterrupt: pass
         finally:
             if repl is not None: repl.shutdown()
@@ -334,7 +364,9 @@ def _cell(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, it:Iteration, k:in
     bridge.begin_cell(it.index, k)
     run.emit(CellStarted(it.index, k, code))
     timeout = self.cell_timeout
-    if self.budget.timeout is not None: timeout = min(timeout, max(0.1, self.budget.timeout - (time.monotonic() - run.started)))
+    if self.budget.timeout is not None:
+        left = max(0.1, self.budget.timeout - (time.monotonic() - run.started))
+        timeout = left if timeout is None else min(timeout, left)
     r = repl.execute(code, timeout=timeout, on_output=lambda o: run.emit(CellOutput(it.index, k, o)))
     text = r.text
     if r.status == 'died' or r.restarted:
@@ -347,7 +379,7 @@ def _cell(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, it:Iteration, k:in
     run.emit(CellFinished(cell))
     return cell
 
-def _text_final(repl, run:_Run, reply:Reply) -> tuple:
+def _text_final(repl, run:_Run, reply:Reply, timeout:float|None) -> tuple:
     "(Final or None, note for the model) for a FINAL written outside code."
     kind, val = reply.final
     if not run.code_ran:
@@ -359,7 +391,7 @@ def _text_final(repl, run:_Run, reply:Reply) -> tuple:
                           "seen. Read the output above; if it confirms the answer, finish in your next reply.")
         return Final(val, 'text'), ''
     run.final = None
-    r = repl.execute(f"FINAL_VAR({val!r})", silent=True)
+    r = repl.execute(f"FINAL_VAR({val!r})", silent=True, timeout=timeout)
     if run.final is not None: return run.final, ''
     return None, f"FINAL_VAR({val}) failed:\n```text\n{truncate(r.text.strip(), 2000)}\n```"
 
@@ -386,14 +418,16 @@ def _iteration(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge) -> Iteration:
     run.final, notes = None, []
     for k, code in enumerate(reply.code):
         _cell(self, run, repl, bridge, it, k, code)
-        if run.final is not None or bridge.refused: break
+        if run.final is not None or run.exhausted(bridge): break
     if run.final is not None: it.final = run.final
-    elif reply.final and not bridge.refused:
-        it.final, note = _text_final(repl, run, reply)
+    elif reply.final:
+        it.final, note = _text_final(repl, run, reply, self.cell_timeout)
         if note: notes.append(note)
-    elif not reply.code: notes.append(_advice(reply))
+    elif not reply.code:
+        notes.append(_advice(reply))
+        run.errors += 1 # a reply that neither runs code nor finishes is a failed turn
     parts = [_feedback_for(cell, self.max_output_chars) for cell in it.cells]
-    if bridge.refused: parts.append(f"The session's budget ran out ({bridge.refused}).")
+    if reason := run.exhausted(bridge): parts.append(f"The session's budget ran out ({reason}).")
     limit = self.budget.max_iterations
     parts += notes + [f"[Iteration {n}{f' of {limit}' if limit else ''} done, {len(s.subcalls)} sub-calls so far. "
                       "Continue, or finish with FINAL.]"]
@@ -410,30 +444,33 @@ def _loop(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge):
         if it.final is not None:
             s.final, s.stop_reason = it.final, 'final'
             return
-        if bridge.refused: s.stop_reason = bridge.refused; return
+        if reason := run.exhausted(bridge): s.stop_reason = reason; return
 
 # %% ../nbs/04_core.ipynb
-def _fallback(self:RLM, run:_Run, repl:KernelREPL|None) -> Final|None:
-    s = getattr(run, 'session', None)
+def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> Final|None:
+    s = run.session
     if s is None: return None
     if s.stop_reason in _FALLBACK_ASKS and s.iterations:
         try:
             c = self.root_lm.complete(_messages(s, f"The session has reached its limit ({s.stop_reason}) and no more code "
                                                    "will run. Give your best answer now from what you have seen, as "
                                                    "FINAL(answer) alone on a line."))
+            run.root_usage += c.usage
             reply = parse_reply(c.text)
             it = Iteration(turns(s) + 1, c.text, reply.reasoning, kind='fallback', usage=c.usage, latency=c.latency)
             s.iterations.append(it)
             run.emit(ModelReplied(it))
-            answer = reply.final[1] if reply.final and reply.final[0] == 'FINAL' else reply.reasoning
-            if reply.final and reply.final[0] == 'FINAL_VAR' and repl is not None and repl.is_alive:
-                run.final = None
-                repl.execute(f"FINAL_VAR({reply.final[1]!r})", silent=True)
-                if run.final is not None: answer = run.final.answer
-            it.final = Final(answer, 'fallback')
+            run.final, live = None, repl is not None and repl.is_alive
+            for k, code in enumerate(reply.code): # a model may still answer in code, as it was taught to
+                if live and 'FINAL' in code and run.final is None: _cell(self, run, repl, bridge, it, k, code)
+            if run.final is None and reply.final:
+                if reply.final[0] == 'FINAL': run.final = Final(reply.final[1], 'text')
+                elif live: repl.execute(f"FINAL_VAR({reply.final[1]!r})", silent=True, timeout=self.cell_timeout)
+            it.final = Final(run.final.answer if run.final else reply.reasoning, 'fallback')
             run.emit(IterationFinished(it))
             return it.final
-        except ModelError as e: run.emit(Notice(f"no fallback answer: {e}", 'warning'))
-    for cell in reversed(s.cells):
-        if cell.status == 'ok' and cell.text.strip(): return Final(truncate(cell.text.strip(), 2000), 'fallback')
+        except Exception as e: run.emit(Notice(f"no fallback answer: {e}", 'warning'))
+    if s.stop_reason in ('timeout', 'max_tokens', 'max_cost'):
+        for cell in reversed(s.cells):
+            if cell.status == 'ok' and cell.text.strip(): return Final(truncate(cell.text.strip(), 2000), 'fallback')
     return None

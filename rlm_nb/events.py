@@ -303,7 +303,7 @@ class TraceWriter:
         with self._lock:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._f = open(self.path, 'w', encoding='utf-8')
+                self._f = open(self.path, 'a', encoding='utf-8') # an RLM reused for many runs appends them all
             self._f.write(json.dumps(redact(event.to_dict()), default=str) + '\n')
             self._f.flush()
             if isinstance(event, SessionEnded): self.close()
@@ -312,7 +312,7 @@ class TraceWriter:
         if self._f: self._f.close(); self._f = None
 
 def read_trace(path) -> Session:
-    "Rebuild the `Session` recorded in a JSONL trace."
+    "Rebuild the `Session` recorded in a JSONL trace; if it holds several runs, the last one."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"trace not found: {path}")
     last = None

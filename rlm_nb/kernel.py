@@ -57,29 +57,46 @@ def output_from_msg(msg_type:str, content:dict) -> dict:
 
 # %% ../nbs/00_kernel.ipynb
 class OutputCollector:
-    "Builds an nbformat output list from iopub messages."
-    def __init__(self): self.outputs, self._clear_pending, self._displays = [], False, {}
+    "Builds an nbformat output list from iopub messages, keeping at most `limit` chars of output text."
+    def __init__(self, limit:int=2_000_000):
+        self.limit, self.size, self.dropped = limit, 0, 0
+        self._outputs, self._pieces, self._clear_pending, self._displays = [], {}, False, {}
+
+    def _clear(self): self._outputs.clear(); self._pieces.clear(); self._displays.clear(); self.size = 0
+    def note(self, out:dict): self._outputs.append(out)
 
     def add(self, msg_type:str, content:dict) -> dict|None:
-        "Handle one iopub message; returns the output it added, if any."
+        "Handle one iopub message; returns the new output (or stream piece) it added, if any."
         if msg_type == 'clear_output':
             if content.get('wait'): self._clear_pending = True
-            else: self.outputs.clear(); self._displays.clear()
+            else: self._clear()
             return None
         if msg_type not in ('stream', 'display_data', 'execute_result', 'error', 'update_display_data'): return None
-        if self._clear_pending: self.outputs.clear(); self._displays.clear(); self._clear_pending = False
+        if self._clear_pending: self._clear(); self._clear_pending = False
         display_id = content.get('transient', {}).get('display_id')
         out = output_from_msg(msg_type, content)
         if msg_type == 'update_display_data':
-            for i in self._displays.get(display_id, []): self.outputs[i] = out
+            for i in self._displays.get(display_id, []): self._outputs[i] = out
             return None
-        last = self.outputs[-1] if self.outputs else None
+        n = len(out.get('text', '')) if msg_type == 'stream' else len(json.dumps(out.get('data', out)))
+        if self.size + n > self.limit: self.dropped += n; return None # a flood: keep the head, count the rest
+        self.size += n
+        last = self._outputs[-1] if self._outputs else None
         if msg_type == 'stream' and last and last['output_type'] == 'stream' and last['name'] == out['name']:
-            last['text'] += out['text']
+            self._pieces[len(self._outputs) - 1].append(out['text']) # joined once at the end: += would be quadratic
         else:
-            if display_id: self._displays.setdefault(display_id, []).append(len(self.outputs))
-            self.outputs.append(out)
+            if msg_type == 'stream': self._pieces[len(self._outputs)] = [out['text']]
+            if display_id: self._displays.setdefault(display_id, []).append(len(self._outputs))
+            self._outputs.append(out)
         return out
+
+    @property
+    def outputs(self) -> list:
+        "The outputs so far, stream pieces joined, with a note if some output was dropped."
+        outs = [{**o, 'text': ''.join(self._pieces[i])} if i in self._pieces else o for i, o in enumerate(self._outputs)]
+        if self.dropped: outs.append({'output_type': 'stream', 'name': 'stderr',
+                                      'text': f"\n[rlm_nb: {self.dropped:,} more characters of output were dropped]\n"})
+        return outs
 
 # %% ../nbs/00_kernel.ipynb
 def _recv(session, socket) -> dict|None:
@@ -138,7 +155,7 @@ def _wake(fd):
 
 def _reply_text(fut:Future) -> str:
     try: return fut.result()
-    except Exception as e: return json.dumps({'ok': False, 'error': f"host error: {type(e).__name__}: {e}"})
+    except BaseException as e: return json.dumps({'ok': False, 'error': f"host error: {type(e).__name__}: {e}"})
 
 def _refuse(prompt): return '' # a kernel without a bridge gets an empty line
 
@@ -163,7 +180,7 @@ class KernelREPL:
         self.extra_env, self.startup_timeout, self.interrupt_grace = env or {}, startup_timeout, interrupt_grace
         self.memory_limit, self.cpu_limit, self.startup_code = memory_limit, cpu_limit, startup_code
         self.on_request, self.on_comm, self.km, self.kc = on_request, on_comm, None, None
-        self._wake_r = self._wake_w = None
+        self._wake_r = self._wake_w = self._log = None
 
     def __repr__(self): return f"KernelREPL(alive={self.is_alive}, cwd={self.cwd!r})"
     def __enter__(self): return self.start()
@@ -185,7 +202,10 @@ class KernelREPL:
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            self.km.start_kernel(env=env, cwd=self.cwd)
+            # the process's own stdout/stderr (not the cells' output, which travels on iopub) go to a log: libzmq and
+            # interpreter crash messages would otherwise land in the user's terminal; a dead kernel reports its tail
+            self._log = open(os.path.join(self.cwd, '.kernel.log'), 'wb')
+            self.km.start_kernel(env=env, cwd=self.cwd, stdout=self._log, stderr=self._log)
             self.kc = self.km.client()
             self.kc.start_channels()
             self.kc.wait_for_ready(timeout=self.startup_timeout)
@@ -231,6 +251,7 @@ class KernelREPL:
                 try: os.close(fd)
                 except OSError: pass
         _live.discard(self)
+        if self._log is not None: self._log.close(); self._log = None
         if self._own_cwd and self.cwd:
             shutil.rmtree(self.cwd, ignore_errors=True)
             self.cwd = None
@@ -242,12 +263,20 @@ class KernelREPL:
         finally: self._own_cwd = own
         return self.start()
 
+    def _log_tail(self, n:int=1500) -> str:
+        "The end of the kernel process's own log, to explain a death."
+        try:
+            with open(os.path.join(self.cwd, '.kernel.log'), 'rb') as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - n)); tail = f.read().decode('utf-8', 'replace').strip()
+        except OSError: return ''
+        return f"\nThe kernel process's last words:\n{tail}" if tail else ''
+
     def _answer(self, on_request, prompt) -> Future:
         "Run `on_request(prompt)` on a daemon thread that wakes the execute loop when done."
         fut = Future()
         def work():
             try: fut.set_result(on_request(prompt))
-            except BaseException as e: fut.set_exception(e)
+            except BaseException as e: fut.set_exception(e) # even SystemExit from a tool must not end the host
             if self._wake_w is not None: _wake(self._wake_w)
         # a fresh daemon thread per request: one abandoned by a timeout must neither block the next nor hold up exit
         threading.Thread(target=work, daemon=True, name='rlm_nb-request').start()
@@ -290,7 +319,7 @@ class KernelREPL:
                     if pending is not None and pending.done(): kc.input(_reply_text(pending)); pending = None
                 for sock, chan in sockets:
                     if sock not in ready: continue
-                    while (msg := _recv(kc.session, sock)) is not None:
+                    while (deadline is None or time.monotonic() < deadline) and (msg := _recv(kc.session, sock)) is not None:
                         # a request from a thread an earlier cell started is still a live request: answer it, or
                         # that thread blocks in input() holding the bridge lock and wedges every later llm_query
                         if chan != 'stdin' and msg['parent_header'].get('msg_id') != msg_id: continue
@@ -299,7 +328,7 @@ class KernelREPL:
                             replied, res.execution_count = True, content.get('execution_count')
                             if content.get('status') == 'aborted' and res.status == 'ok':
                                 res.status = 'error'
-                                collect.outputs.append(_error_output('CellAborted', 'the kernel did not run this cell'))
+                                collect.note(_error_output('CellAborted', 'the kernel did not run this cell'))
                         elif chan == 'stdin':
                             if t == 'input_request': pending = self._answer(on_request, content['prompt'])
                         elif t == 'status': idle = idle or content['execution_state'] == 'idle'
@@ -314,13 +343,14 @@ class KernelREPL:
                             if out is not None and on_output: on_output(out)
                 if not ready and not self.km.is_alive():
                     res.status = 'died'
-                    collect.outputs.append(_error_output('KernelDied', 'the kernel died while running this cell '
-                                                         '(out of memory, a crash, or os._exit); all variables are gone'))
+                    collect.note(_error_output('KernelDied', 'the kernel died while running this cell '
+                                                         '(out of memory, a crash, or os._exit); all variables are gone'
+                                                         + self._log_tail()))
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     if res.status == 'timeout': # the interrupt was ignored too
                         self.restart(now=True); res.restarted = True
-                        collect.outputs.append(_error_output('CellTimeout', 'the cell ignored the interrupt, so the kernel '
+                        collect.note(_error_output('CellTimeout', 'the cell ignored the interrupt, so the kernel '
                                                              'was restarted and all variables are gone'))
                         break
                     res.status, deadline, pending = 'timeout', time.monotonic() + self.interrupt_grace, None
@@ -332,5 +362,5 @@ class KernelREPL:
         finally:
             res.outputs, res.duration = collect.outputs, time.monotonic() - start
         if res.status == 'timeout' and not res.restarted:
-            collect.outputs.append(_error_output('CellTimeout', f'the cell ran past its {timeout:g}s limit and was interrupted'))
+            res.outputs.append(_error_output('CellTimeout', f'the cell ran past its {timeout:g}s limit and was interrupted'))
         return res

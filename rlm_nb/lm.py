@@ -88,7 +88,8 @@ class LM:
                     time.sleep(self.backoff * 2**attempt * (1 + random.random()/4))
                     continue
                 raise ModelError(f"{self.model}: {_short(e)}") from e
-        text = resp.choices[0].message.content or ''
+        try: text = resp.choices[0].message.content or ''
+        except (AttributeError, IndexError, TypeError): raise ModelError(f"{self.model}: the response had no message: {str(resp)[:200]}") from None
         u = getattr(resp, 'usage', None)
         try: cost = litellm.completion_cost(completion_response=resp)
         except Exception: cost = None

@@ -100,3 +100,19 @@ def test_demo_with_a_model_uses_it(server):
     assert 'scripted walkthrough' not in r.stderr and 'asking openai/local' in r.stderr
     assert '(match)' in r.stderr
     assert len(srv.requests) == len(DEMO_ROOT_REPLIES) + 12
+
+
+def test_context_path_with_equals_sign_and_bad_json_are_clean_errors(tmp_path, server):
+    weird = tmp_path/'a=b.txt'
+    weird.write_text('hello')
+    srv = server(route(["```repl\nFINAL(data)\n```"] * 3))
+    r = rlm_nb('run', '-m', 'openai/root', '--api-base', srv.url, '-c', f'data={weird}', '--query', 'q?', '--quiet')
+    assert r.returncode == 0 and r.stdout.strip() == 'hello', r.stderr  # the file is found and named `data`
+    bad = tmp_path/'broken.json'
+    bad.write_text('{"a": 1,')
+    r = rlm_nb('run', '-m', 'openai/root', '--api-base', srv.url, '-c', str(bad), '--query', 'q?', '--quiet')
+    assert r.returncode == 2 and 'could not load the inputs' in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr
+    for name in ('class', 'llm_query', 'len'):
+        r = rlm_nb('run', '-m', 'openai/root', '--api-base', srv.url, '-c', f'{name}={weird}', '--query', 'q?')
+        assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr

@@ -259,9 +259,22 @@ def test_max_llm_calls_stops_across_cells(server):
     res = rlm(srv, max_llm_calls=2)("Ask away", context='abc')
     assert res.stop_reason == 'max_llm_calls'
     assert res.sub_calls == 2 and len(sub_requests(srv)) == 2
-    refused = res.session.iterations[2].cells[0]
-    assert refused.status == 'error' and 'BridgeError' in refused.text and 'max_llm_calls' in refused.text
+    assert res.iterations == 2  # the session ends as soon as the budget is used up, not at the next refused call
+    assert 'budget ran out (max_llm_calls)' in res.session.iterations[1].feedback
     assert res.answer == 'partial' and res.session.final.source == 'fallback'
+
+
+def test_a_batch_too_big_for_the_budget_is_refused_without_ending_the_session(server):
+    code = repl("""
+        try: llm_query_batched(['p'] * 50)
+        except Exception as e: print('refused:', e)
+        print(llm_query('just one'))
+    """)
+    srv = server(script([code, "FINAL(done)"]))
+    res = rlm(srv, max_llm_calls=20)("Ask away", context='abc')
+    assert res.stop_reason == 'final' and res.answer == 'done'
+    assert 'refused: budget exhausted (max_llm_calls)' in res.session.cells[0].text
+    assert res.sub_calls == 1
 
 
 def test_max_llm_calls_stops_a_runaway_loop_inside_one_cell(server):
@@ -540,3 +553,69 @@ def test_one_gigabyte_text_context_works(server):
     assert res.session.cells[0].text.strip() == f"{len(context)} ERROR disk full END OF LOG"
     assert f"{len(context):,} chars" in first_user(root_requests(srv)[0])
     assert max(len(str(b['messages'])) for b in root_requests(srv)) < 20_000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Found in review: each of these failed before its fix
+
+from rlm_nb.lm import ScriptedLM
+
+
+def scripted(replies, **kw):
+    return RLM(ScriptedLM(replies), ScriptedLM(lambda m: 'SUB'), verbose=False, **kw)
+
+
+def test_an_endless_print_loop_is_interrupted_and_its_output_capped():
+    res = scripted(["```repl\nwhile True: print('x' * 1000)\n```", "FINAL(survived)"], cell_timeout=3)('q', context='c')
+    cell = res.session.cells[0]
+    assert cell.status == 'timeout' and res.answer == 'survived'
+    assert len(cell.text) < 3_000_000 and 'characters of output were dropped' in cell.text
+
+
+def test_the_fallback_accepts_FINAL_in_a_repl_block():
+    replies = ["```repl\nx = 41\n```", "```repl\nx += 1\n```", "```repl\nFINAL(x)\n```"]
+    res = scripted(replies, max_iterations=2)('q', context='c')
+    assert res.stop_reason == 'max_iterations' and res.answer == '42'
+
+
+def test_text_FINAL_VAR_runs_under_the_cell_timeout():
+    replies = ["```repl\nclass Slow:\n    def __str__(self):\n        while True: pass\nv = Slow()\n```", "FINAL_VAR(v)", "FINAL(gave up)"]
+    res = scripted(replies, cell_timeout=2)('q', context='c')
+    assert res.answer == 'gave up'
+
+
+@pytest.mark.parametrize('kw', [dict(max_iterations=0), dict(cell_timeout=0), dict(max_cost=-1), dict(timeout=0)])
+def test_nonsense_budgets_are_refused_up_front(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))): scripted([], **kw)
+
+
+def test_no_cell_timeout_with_a_session_timeout_is_fine():
+    res = scripted(["```repl\nprint(1)\n```", "FINAL(ok)"], cell_timeout=None, timeout=60)('q', context='c')
+    assert res.answer == 'ok'
+
+
+def test_dict_and_tuple_inputs_arrive_unchanged():
+    res = scripted(["```repl\nFINAL(repr((context[1], pairs[0])))\n```"])('q', context={1: 'one'}, pairs=[('a', 1)])
+    assert res.answer == "('one', ('a', 1))"
+
+
+def test_a_custom_system_prompt_may_contain_braces():
+    res = scripted(["```repl\nFINAL('ok')\n```"], system_prompt='Reply like {"answer": 1}. Inputs: {inputs}')('q', context='c')
+    assert res.answer == 'ok' and res.session.system_prompt.startswith('Reply like {"answer": 1}. Inputs: `context`')
+
+
+def test_a_tool_that_exits_does_not_end_the_host():
+    def leave():
+        "Calls sys.exit."
+        raise SystemExit(2)
+    res = scripted(["```repl\ntry: leave()\nexcept Exception as e: print(type(e).__name__)\n```", "FINAL(still here)"],
+                   tools=[leave])('q', context='c')
+    assert res.answer == 'still here' and 'BridgeError' in res.session.cells[0].text
+
+
+def test_a_child_that_stops_without_FINAL_raises_in_the_parent():
+    # the child shares the parent's ScriptedLM sub-model, which answers 'SUB' to everything: it never finishes
+    code = "```repl\ntry: rlm_query('sub-problem', context=['a'])\nexcept Exception as e: print(e)\n```"
+    res = RLM(ScriptedLM([code, "FINAL(done)"]), ScriptedLM(lambda m: 'no code here'), verbose=False)('q', context='c')
+    assert 'the child RLM stopped without FINAL' in res.session.cells[0].text
+    assert res.session.subcalls[0].kind == 'rlm' and res.session.subcalls[0].usage.calls > 0
