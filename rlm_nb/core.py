@@ -8,7 +8,7 @@ import ast, re, sys, time, json, tempfile, shutil, keyword, builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from .kernel import KernelREPL
+from .kernel import KernelREPL, CellResult
 from .bridge import Bridge, InputFile, install_code, write_input, describe_input, tool_spec
 from .lm import as_lm, model_name, check_model, ModelError, CompletionCache, LM, ScriptedLM
 from .events import *
@@ -379,6 +379,11 @@ def _cell(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, it:Iteration, k:in
     run.emit(CellFinished(cell))
     return cell
 
+def _resolve_var(repl:KernelREPL, run:_Run, name:str, timeout:float|None) -> CellResult:
+    "Run FINAL_VAR(name) in the kernel; on success `run.final` holds the variable's value."
+    run.final = None
+    return repl.execute(f"FINAL_VAR({name!r})", silent=True, timeout=timeout)
+
 def _text_final(repl, run:_Run, reply:Reply, timeout:float|None) -> tuple:
     "(Final or None, note for the model) for a FINAL written outside code."
     kind, val = reply.final
@@ -390,8 +395,7 @@ def _text_final(repl, run:_Run, reply:Reply, timeout:float|None) -> tuple:
             return None, ("FINAL(...) was not accepted: you wrote it in the same reply as code whose output you had not "
                           "seen. Read the output above; if it confirms the answer, finish in your next reply.")
         return Final(val, 'text'), ''
-    run.final = None
-    r = repl.execute(f"FINAL_VAR({val!r})", silent=True, timeout=timeout)
+    r = _resolve_var(repl, run, val, timeout)
     if run.final is not None: return run.final, ''
     return None, f"FINAL_VAR({val}) failed:\n```text\n{truncate(r.text.strip(), 2000)}\n```"
 
@@ -465,7 +469,7 @@ def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> F
                 if live and 'FINAL' in code and run.final is None: _cell(self, run, repl, bridge, it, k, code)
             if run.final is None and reply.final:
                 if reply.final[0] == 'FINAL': run.final = Final(reply.final[1], 'text')
-                elif live: repl.execute(f"FINAL_VAR({reply.final[1]!r})", silent=True, timeout=self.cell_timeout)
+                elif live: _resolve_var(repl, run, reply.final[1], self.cell_timeout)
             it.final = Final(run.final.answer if run.final else reply.reasoning, 'fallback')
             run.emit(IterationFinished(it))
             return it.final
