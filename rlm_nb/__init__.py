@@ -1,6 +1,12 @@
 __version__ = "0.1.0"
 
-from .core import RLM, RLMResult
 from .lm import LM, ScriptedLM, ModelError
 from .kernel import KernelREPL
 from .events import Session, read_trace
+from .core import RLM, RLMResult
+from .widget import Timeline, render_html
+
+def load_ipython_extension(ip):
+    "`%load_ext rlm_nb`: register the `%%rlm` magic."
+    from .magic import load_ipython_extension as load
+    load(ip)

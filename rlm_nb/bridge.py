@@ -11,7 +11,9 @@ from typing import Callable
 
 # %% auto 0
 __all__ = ['PREFIX', 'COMM_TARGET', 'encode_request', 'decode_request', 'ok', 'fail', 'InputFile', 'write_input', 'load_input',
-           'describe_input', 'BridgeError', 'KernelBridge', 'install', 'install_code', 'tool_spec', 'Bridge']
+           'describe_input', 'BridgeError', 'KernelBridge', 'install', 'install_code', 'refusal_message', 'batch_error',
+           'tool_call_text', 'tool_spec', 'Bridge', 'prompt_hash', 'ReplayMismatch', 'Recording', 'recording_units',
+           'replay_handler']
 
 # %% ../nbs/01_bridge.ipynb
 PREFIX = '\x00rlm_nb:1:'
@@ -250,6 +252,18 @@ def install_code(config:dict) -> str:
 from .events import EventStream, SubCall, SubCallStarted, SubCallFinished, Usage
 from .lm import as_lm, as_messages, model_name, CompletionCache, ModelError
 
+def refusal_message(reason:str, n:int) -> str:
+    return f"budget exhausted ({reason}): {n} more sub-call(s) refused; finish with what you have"
+
+def batch_error(errors:list) -> str|None:
+    "The error of a batch whose calls failed with `errors` (None for a success), or None if all succeeded."
+    failed = [i for i, e in enumerate(errors) if e]
+    if not failed: return None
+    return (f"{len(failed)} of {len(errors)} batched calls failed (first: item {failed[0]}: {errors[failed[0]]}); "
+            "successful answers are cached, so a retry is cheap")
+
+def tool_call_text(name, args, kwargs) -> str: return f"{name}(*{list(args)!r}, **{dict(kwargs)!r})"
+
 def tool_spec(fn:Callable) -> dict:
     "Name, signature and docstring of a host tool, for the kernel stub and the system prompt."
     try: sig = str(inspect.signature(fn))
@@ -302,7 +316,7 @@ class Bridge:
             if not reason: self._reserved += n
         if reason:
             self.refused = reason
-            raise RuntimeError(f"budget exhausted ({reason}): {n} more sub-call(s) refused; finish with what you have")
+            raise RuntimeError(refusal_message(reason, n))
 
     def _model(self, name):
         if not name: return self.sub_lm
@@ -348,10 +362,7 @@ class Bridge:
         self._check(len(prompts))
         batch = next(self._batches)
         calls = list(self._pool.map(lambda p: self._complete(p, req.get('model'), batch), prompts))
-        failed = [i for i, c in enumerate(calls) if c.error]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(calls)} batched calls failed (first: item {failed[0]}: "
-                               f"{calls[failed[0]].error}); successful answers are cached, so a retry is cheap")
+        if error := batch_error([c.error for c in calls]): raise RuntimeError(error)
         return [c.response for c in calls]
 
     def _op_rlm_query(self, req):
@@ -371,8 +382,86 @@ class Bridge:
             r = self.tools[name](*req.get('args', []), **req.get('kwargs', {}))
             try: json.dumps(r); out['r'] = r
             except (TypeError, ValueError): out['r'] = str(r)
-            sc.response = _as_text(out['r'])
-        call = f"{name}(*{req.get('args', [])!r}, **{req.get('kwargs', {})!r})"
+            sc.response = json.dumps(out['r'], ensure_ascii=False) # exact, so a replay returns the same value
+        call = tool_call_text(name, req.get('args', []), req.get('kwargs', {}))
         sc = self._record('tool', call, None, run)
         if sc.error: raise RuntimeError(f"tool {name} failed: {sc.error}")
         return out['r']
+
+# %% ../nbs/01_bridge.ipynb
+import hashlib
+
+def prompt_hash(text) -> str: return hashlib.sha256(str(text).encode('utf-8', 'surrogatepass')).hexdigest()[:16]
+
+class ReplayMismatch(ValueError):
+    "Replayed code asked for a sub-call other than the one recorded."
+
+class Recording:
+    "Answers one cell's bridge requests from its recorded sub-calls, checking each prompt."
+    def __init__(self, units, where='this cell', refusal=None):
+        self.units, self.where, self.refusal, self.pos, self.mismatch = list(units), where, refusal, 0, None
+
+    def _diverged(self, what, then, now):
+        self.mismatch = f"{self.where} {what}.\n  recorded prompt: {then!r}\n  prompt now:      {now!r}"
+        return False, "replay mismatch: " + self.mismatch
+
+    def answer(self, op, prompts):
+        "(True, result) or (False, error message) for a request `op` asking `prompts`."
+        if self.mismatch: return False, "replay mismatch: " + self.mismatch
+        clip = lambda p: p if len(p) <= 600 else p[:600] + '…'
+        if self.pos >= len(self.units):
+            if self.refusal: return False, refusal_message(self.refusal, len(prompts))
+            return self._diverged(f"makes a sub-call ({op}) that the recording does not have", None, clip(prompts[0]))
+        u = self.units[self.pos]
+        hashes = [prompt_hash(p) for p in prompts]
+        if u['op'] != op or sorted(hashes) != sorted(u['hashes']):
+            bad = next((i for i, h in enumerate(hashes) if h not in u['hashes']), 0)
+            return self._diverged(f"asks a different prompt in sub-call {self.pos + 1} ({op})",
+                                  u['prompts'][min(bad, len(u['prompts']) - 1)], clip(prompts[bad]) if prompts else None)
+        self.pos += 1
+        if op != 'llm_query_batched': return (False, u['errors'][0]) if u['errors'][0] else (True, u['results'][0])
+        left = list(range(len(u['hashes'])))
+        order = [left.pop(next(j for j, i in enumerate(left) if u['hashes'][i] == h)) for h in hashes]
+        error = batch_error([u['errors'][i] for i in order])
+        return (False, error) if error else (True, [u['results'][i] for i in order])
+
+    def check(self):
+        "Raise `ReplayMismatch` if the replayed code diverged from the recording, or skipped recorded calls."
+        if self.mismatch: raise ReplayMismatch(self.mismatch)
+        if self.pos < len(self.units):
+            raise ReplayMismatch(f"{self.where} made {self.pos} of its {len(self.units)} recorded sub-calls; the next one "
+                                 f"recorded was {self.units[self.pos]['prompts'][0]!r}")
+
+# %% ../nbs/01_bridge.ipynb
+_OPS = {'llm': 'llm_query', 'rlm': 'rlm_query', 'tool': 'tool'}
+
+def recording_units(subcalls:list) -> list:
+    "A cell's sub-calls as the units a `Recording` answers from."
+    units, batches = [], {}
+    for sc in sorted(subcalls, key=lambda s: s.id):
+        if sc.batch is not None and sc.batch in batches: u = batches[sc.batch]
+        else:
+            u = {'op': 'llm_query_batched' if sc.batch is not None else _OPS[sc.kind], 'hashes': [], 'prompts': [], 'results': [], 'errors': []}
+            units.append(u)
+            if sc.batch is not None: batches[sc.batch] = u
+        result = sc.response
+        if sc.kind == 'tool' and result is not None:
+            try: result = json.loads(result)
+            except ValueError: pass
+        error = f"tool {sc.prompt.split('(', 1)[0]} failed: {sc.error}" if sc.kind == 'tool' and sc.error else sc.error
+        u['hashes'].append(prompt_hash(sc.prompt)); u['prompts'].append(sc.prompt[:600])
+        u['results'].append(result); u['errors'].append(error)
+    return units
+
+def replay_handler(rec:Recording) -> Callable[[str], str]:
+    "An `on_request` handler for `KernelREPL.execute` that answers from `rec`."
+    def on_request(prompt:str) -> str:
+        try: req = decode_request(prompt)
+        except json.JSONDecodeError as e: return fail(f"malformed bridge request: {e}")
+        if req is None: return ''
+        op = req.get('op')
+        prompts = (req.get('prompts') or [] if op == 'llm_query_batched' else
+                   [tool_call_text(req.get('name'), req.get('args', []), req.get('kwargs', {}))] if op == 'tool' else [req.get('prompt')])
+        good, value = rec.answer(op, prompts)
+        return ok(value) if good else fail(value)
+    return on_request

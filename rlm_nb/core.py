@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from .kernel import KernelREPL, CellResult
-from .bridge import Bridge, InputFile, install_code, write_input, describe_input, tool_spec
+from .bridge import Bridge, InputFile, install_code, write_input, describe_input, tool_spec, Recording, recording_units, replay_handler
 from .lm import as_lm, model_name, check_model, ModelError, CompletionCache, LM, ScriptedLM
 from .events import *
 
 # %% auto 0
 __all__ = ['SYSTEM_PROMPT', 'system_prompt', 'first_message', 'Reply', 'parse_reply', 'turns', 'Budget', 'truncate', 'RLMResult',
-           'RLM']
+           'RLM', 'refusal_of', 'replay_cell', 'comparable_outputs', 'Resume']
 
 # %% ../nbs/04_core.ipynb
 SYSTEM_PROMPT = """You are the root of a Recursive Language Model (RLM). You answer a question about inputs that are \
@@ -152,6 +152,8 @@ def truncate(text:str, limit:int) -> str:
 class RLMResult:
     "The outcome of an RLM run; `session` holds the full record."
     session: Session
+    inputs: dict = field(default_factory=dict, repr=False) # the input values, by name, for export
+    setup_code: str|None = field(default=None, repr=False) # code that loaded the inputs, when a fork took them from a notebook
 
     answer = property(lambda self: self.session.answer)
     stop_reason = property(lambda self: self.session.stop_reason)
@@ -297,13 +299,13 @@ class _Run:
         return res.answer or '', res.usage, error
 
 # %% ../nbs/04_core.ipynb
-def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult:
+def _run(self:RLM, query:str, context=None, _parent=None, _resume:Resume|None=None, **inputs) -> RLMResult:
     "Answer `query` about `context` (and any other named inputs); never raises on budget stops."
     if not isinstance(query, str) or not query.strip(): raise ValueError("the question must be a non-empty string")
     values = _inputs(context, inputs)
     self.check()
     run = _Run(self)
-    descs = [describe_input(k, v, self.preview_chars) for k, v in values.items()]
+    descs = _resume.session.inputs if _resume else [describe_input(k, v, self.preview_chars) for k, v in values.items()]
     tools = [tool_spec(t) for t in self.tools]
     s = run.session = Session(query, model_name(self.root_lm), model_name(self.sub_lm), inputs=descs, parent=_parent,
                               settings={**vars(self.budget), 'cell_timeout': self.cell_timeout,
@@ -311,6 +313,7 @@ def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult
                                         'cache': self.cache, 'depth': self.depth, 'tools': [t['name'] for t in tools]})
     s.system_prompt = system_prompt(descs, tools, template=self.system_prompt)
     s.first_message = first_message(query, descs)
+    if _resume: s.settings.update(forked_from=_resume.session.id, fork_at=_resume.at)
     subs = []
     if self.verbose: subs.append(self.events.subscribe(ProgressPrinter()))
     if self.trace: subs.append(self.events.subscribe(TraceWriter(self.trace)))
@@ -328,6 +331,7 @@ def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult
         except RuntimeError as e:
             last = [l for l in str(e).splitlines() if l.strip()][-1:] or ['unknown error']
             raise ValueError(f"the kernel could not load the inputs ({', '.join(values) or 'none'}): {last[0]}") from None
+        if _resume: _replay_prefix(self, run, repl, bridge, _resume)
         _loop(self, run, repl, bridge)
     except KeyboardInterrupt:
         s.stop_reason = 'interrupted'
@@ -346,7 +350,7 @@ def _run(self:RLM, query:str, context=None, _parent=None, **inputs) -> RLMResult
         s.ended = time.time()
         self.events.emit(SessionEnded(s))
         for fn in subs: self.events.unsubscribe(fn)
-    return RLMResult(s)
+    return RLMResult(s, values, _resume.setup if _resume else None)
 
 RLM.__call__ = RLM.run = _run
 
@@ -478,3 +482,71 @@ def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> F
         for cell in reversed(s.cells):
             if cell.status == 'ok' and cell.text.strip(): return Final(truncate(cell.text.strip(), 2000), 'fallback')
     return None
+
+# %% ../nbs/04_core.ipynb
+_BUDGET_STOPS = {'max_llm_calls', 'max_tokens', 'max_cost', 'timeout'}
+_NOT_RERUN = {'timeout', 'died', 'interrupted'}
+
+def refusal_of(s:Session) -> str|None:
+    "The budget a replayed sub-call beyond the record was refused by, if the session had one."
+    if s.stop_reason in _BUDGET_STOPS: return s.stop_reason
+    return 'max_llm_calls' if s.settings.get('max_llm_calls') is not None else None
+
+def replay_cell(repl:KernelREPL, cell:CodeCell, timeout:float|None=None, refusal:str|None=None, on_output=None) -> CodeCell:
+    "Run a recorded `cell` again with its sub-calls answered from the record; raises `ReplayMismatch` on divergence."
+    if cell.status in _NOT_RERUN: return CodeCell.from_dict(cell.to_dict()) # rerunning a hang would hang again
+    rec = Recording(recording_units(cell.subcalls), f"iteration {cell.iteration}, block {cell.index + 1}", refusal)
+    r = repl.execute(cell.code, timeout=timeout, on_request=replay_handler(rec), on_output=on_output)
+    rec.check()
+    return CodeCell(cell.iteration, cell.index, cell.code, r.outputs, r.text, r.status, r.duration, r.execution_count,
+                    [SubCall.from_dict(sc.to_dict()) for sc in cell.subcalls])
+
+_VOLATILE = [(re.compile(r'\x1b\[[0-9;?]*[A-Za-z]'), ''), (re.compile(r'Cell In\[\d+\]'), 'Cell In[_]'),
+             (re.compile(r'/tmp/ipykernel_\d+/\d+\.py'), '<cell>'), (re.compile(r'<ipython-input-\d+-[0-9a-f]+>'), '<cell>')]
+
+def comparable_outputs(outputs:list) -> list:
+    "`outputs` with what differs between two runs of the same code taken out."
+    def clean(t):
+        t = ''.join(t) if isinstance(t, list) else t
+        for rx, to in _VOLATILE: t = rx.sub(to, t)
+        return t
+    res = []
+    for o in outputs:
+        kind = o.get('output_type')
+        if kind == 'stream':
+            if res and res[-1][0] == 'stream' and res[-1][1] == o.get('name'): res[-1] = ('stream', o.get('name'), res[-1][2] + clean(o['text']))
+            else: res.append(('stream', o.get('name'), clean(o['text'])))
+        elif kind == 'error': res.append(('error', o.get('ename'), clean(o.get('evalue', '')), clean('\n'.join(o.get('traceback', [])))))
+        else: res.append((kind, {k: clean(v) if isinstance(v, (str, list)) else v for k, v in o.get('data', {}).items()}))
+    return res
+
+# %% ../nbs/04_core.ipynb
+@dataclass
+class Resume:
+    "Where a forked session starts: the first `at` iterations of a recorded `session`."
+    session: Session
+    at: int
+    setup: str = '' # code that loads the inputs in the kernel
+
+def _replay_prefix(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, resume:Resume):
+    s, old = run.session, resume.session
+    if resume.setup.strip():
+        r = repl.execute(resume.setup, silent=True, timeout=self.cell_timeout)
+        if not r.ok: raise ValueError(f"the inputs could not be loaded: {truncate(r.text.strip(), 1000)}")
+    for rec in [i for i in old.iterations if i.kind == 'turn'][:resume.at]:
+        run.emit(IterationStarted(rec.index))
+        it = Iteration(rec.index, rec.response, rec.reasoning, usage=rec.usage, latency=rec.latency, feedback=rec.feedback)
+        s.iterations.append(it)
+        run.root_usage += it.usage
+        run.emit(ModelReplied(it))
+        for cell in rec.cells:
+            bridge.begin_cell(it.index, cell.index)
+            run.emit(CellStarted(it.index, cell.index, cell.code))
+            new = replay_cell(repl, cell, self.cell_timeout, refusal_of(old), lambda o, i=it.index, k=cell.index: run.emit(CellOutput(i, k, o)))
+            if comparable_outputs(new.outputs) != comparable_outputs(cell.outputs):
+                run.emit(Notice(f"iteration {it.index}, block {cell.index + 1}: the replayed output differs from the recorded one", 'warning'))
+            it.cells.append(new)
+            bridge.calls, bridge.usage = bridge.calls + len(new.subcalls), bridge.usage + sum((x.usage for x in new.subcalls), Usage())
+            run.code_ran, run.errors = True, 0 if new.status == 'ok' else run.errors + 1
+            run.emit(CellFinished(new))
+        run.emit(IterationFinished(it))
