@@ -10,3 +10,5 @@ def load_ipython_extension(ip):
     "`%load_ext rlm_nb`: register the `%%rlm` magic."
     from .magic import load_ipython_extension as load
     load(ip)
+from .notebook import export, replay, fork, diff_sessions, read_notebook, load_session, NotebookError, ReplayResult
+from .bridge import ReplayMismatch
