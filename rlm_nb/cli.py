@@ -8,7 +8,8 @@ import argparse, os, sys, json, random
 from pathlib import Path
 
 # %% auto 0
-__all__ = ['DEMO_QUESTION', 'DEMO_ROOT_REPLIES', 'make_demo_context', 'demo_sub_model', 'cmd_run', 'cmd_demo', 'main']
+__all__ = ['DEMO_QUESTION', 'DEMO_ROOT_REPLIES', 'make_demo_context', 'demo_sub_model', 'cmd_run', 'cmd_demo', 'cmd_export',
+           'cmd_replay', 'cmd_diff', 'main']
 
 # %% ../nbs/08_cli.ipynb
 DEMO_QUESTION = "One support ticket in this log is from a customer who was charged twice for the same order. What is that order number?"
@@ -92,7 +93,20 @@ def _parser():
     demo = sub.add_parser('demo', help='a first session on a generated log (scripted unless a model is configured)')
     demo.add_argument('--lines', type=int, default=60_000, help='size of the generated log (default 60,000 lines, about 5 MB)')
     demo.add_argument('--save-context', type=Path, help='also write the generated log to this file')
+    demo.add_argument('--export', type=Path, metavar='PATH', help='also save the session as a notebook')
     model_args(demo)
+    ex = sub.add_parser('export', help='turn a JSONL trace (or a session notebook) into a notebook that replays offline')
+    ex.add_argument('source', type=Path, help='a .jsonl trace or a session .ipynb')
+    ex.add_argument('-o', '--output', type=Path, required=True, help='the .ipynb to write')
+    ex.add_argument('--input', action='append', default=[], metavar='NAME=PATH',
+                    help='a file holding an input the trace does not (inputs passed as values); repeatable')
+    ex.add_argument('--embed-limit', type=int, default=100_000, help='largest input embedded in the notebook, in chars (default 100,000)')
+    rp = sub.add_parser('replay', help='rerun a session notebook offline and compare every output')
+    rp.add_argument('notebook', type=Path)
+    rp.add_argument('--timeout', type=float, help="seconds per cell (default: the session's cell timeout)")
+    df = sub.add_parser('diff', help='where two sessions diverge, and what each cost')
+    df.add_argument('a', type=Path, help='a session notebook or JSONL trace')
+    df.add_argument('b', type=Path, help='another one')
     return p
 
 def _die(msg, code=2):
@@ -158,10 +172,41 @@ def cmd_demo(a) -> int:
     print(f"question: {question}", file=sys.stderr)
     res = rlm(question, context=text)
     print(f"expected answer: {expected} ({'match' if res.answer and expected in res.answer else 'no match'})", file=sys.stderr)
+    if a.export: print(f"exported the session to {res.export(a.export)}", file=sys.stderr)
     return _finish(res, a.json)
+
+# %% ../nbs/08_cli.ipynb
+def cmd_export(a) -> int:
+    from rlm_nb.notebook import export, load_session
+    for i in a.input:
+        if '=' not in i or not i.split('=', 1)[0].isidentifier(): _die(f"--input takes NAME=PATH, not {i!r}")
+    inputs = _contexts(a.input)
+    try: path = export(load_session(a.source), a.output, inputs=inputs, embed_limit=a.embed_limit)
+    except (ValueError, OSError, TypeError) as e: _die(str(e))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+def cmd_replay(a) -> int:
+    from rlm_nb.notebook import replay
+    from rlm_nb.bridge import ReplayMismatch
+    def show(c): print(f"iteration {c.iteration}, block {c.index + 1}: {'same' if c.equal else 'DIFFERENT'} output "
+                       f"({c.replayed.status}, {c.replayed.duration:.2f}s)", file=sys.stderr)
+    try: res = replay(a.notebook, timeout=a.timeout, on_cell=show)
+    except ReplayMismatch as e: _die(f"replay mismatch: {e}")
+    except (ValueError, OSError) as e: _die(str(e))
+    bad = res.differing
+    print(f"replayed {len(res.cells)} cell(s): " + ('every output is the same' if not bad else
+          f"{len(bad)} differ: " + ', '.join(f"iteration {c.iteration} block {c.index + 1}" for c in bad)))
+    return 1 if bad else 0
+
+def cmd_diff(a) -> int:
+    from rlm_nb.notebook import diff_sessions
+    try: print(diff_sessions(a.a, a.b))
+    except (ValueError, OSError) as e: _die(str(e))
+    return 0
 
 def main(argv=None) -> int:
     "Entry point of the `rlm-nb` console script."
     a = _parser().parse_args(argv)
-    try: return {'run': cmd_run, 'demo': cmd_demo}[a.command](a)
+    try: return {'run': cmd_run, 'demo': cmd_demo, 'export': cmd_export, 'replay': cmd_replay, 'diff': cmd_diff}[a.command](a)
     except KeyboardInterrupt: return 130

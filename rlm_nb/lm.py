@@ -68,6 +68,7 @@ class LM:
         self.max_retries, self.backoff, self.timeout, self.params = max_retries, backoff, timeout, params
 
     def __repr__(self): return f"LM({self.model!r}{f', api_base={self.api_base!r}' if self.api_base else ''})"
+    def __deepcopy__(self, memo): return self
 
     def _call(self, litellm, messages):
         kw = dict(model=self.model, messages=messages, timeout=self.timeout, max_retries=0, **self.params)
@@ -121,6 +122,7 @@ class ScriptedLM:
         self.calls, self._lock = [], threading.Lock()
 
     def __repr__(self): return f"ScriptedLM({self.model!r})"
+    def __deepcopy__(self, memo): return self # a model is shared, not copied (IPython's %config deep-copies values)
 
     def complete(self, prompt) -> Completion:
         messages, start = as_messages(prompt), time.monotonic()

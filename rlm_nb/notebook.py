@@ -78,7 +78,7 @@ _rlm_own = set(globals())
 '''
 
 def shim_code(s:Session) -> str:
-    "The first cell of an exported notebook: `llm_query` and friends answering from `s`'s recording."
+    "The first code cell of an exported notebook: `llm_query` and friends answering from `s`'s recording."
     cells = [{'where': f"iteration {c.iteration}, block {c.index + 1}", 'units': recording_units(c.subcalls),
               'refusal': refusal_of(s)} for c in s.cells]
     parts = [inspect.getsource(f) for f in (prompt_hash, refusal_message, batch_error, tool_call_text, ReplayMismatch, Recording, load_input)]
@@ -139,7 +139,7 @@ def _title(s:Session) -> str:
     budget = ', '.join(f"{k}={v}" for k, v in s.settings.items() if v is not None and k not in ('tools', 'depth'))
     ins = '\n'.join(f"- `{i['name']}`: {i['summary']}" for i in s.inputs) or '- none'
     return (f"# RLM session: {s.query}\n\n| | |\n|---|---|\n" + '\n'.join(f"| {k} | {v} |" for k, v in rows) +
-            f"\n\n**Settings:** {budget}\n\n**Inputs:**\n{ins}\n\nExported by rlm_nb. The first cell makes `llm_query` "
+            f"\n\n**Settings:** {budget}\n\n**Inputs:**\n{ins}\n\nExported by rlm_nb. The first code cell makes `llm_query` "
             "answer from the recorded sub-calls, so this notebook runs offline with no key; `rlm_nb.replay(path)` "
             "reruns it and checks every output.")
 
@@ -159,9 +159,9 @@ def _iteration_cells(it:Iteration) -> list:
 def to_notebook(s:Session, values:dict|None=None, embed_limit:int=100_000, sidecar:Path|None=None, setup:str|None=None):
     "The notebook of session `s`; `values` are the inputs by name, `setup` replaces the generated inputs cell."
     code, meta = (setup, []) if setup else inputs_code(s, values or {}, embed_limit, sidecar)
-    cells = [new_code_cell(shim_code(s), metadata={'tags': ['rlm-nb-shim']}),
-             new_code_cell(code, metadata={'tags': ['rlm-nb-inputs'], 'rlm_nb': {'inputs': meta}}),
-             new_markdown_cell(_title(s), metadata={'tags': ['rlm-nb-title']})]
+    cells = [new_markdown_cell(_title(s), metadata={'tags': ['rlm-nb-title']}),
+             new_code_cell(shim_code(s), metadata={'tags': ['rlm-nb-shim'], 'jupyter': {'source_hidden': True}}),
+             new_code_cell(code, metadata={'tags': ['rlm-nb-inputs'], 'rlm_nb': {'inputs': meta}})]
     for it in s.iterations: cells += _iteration_cells(it)
     f = s.final
     answer = f"## Answer\n\n```text\n{f.answer}\n```\n\n*from {f.source}{f' `{f.var}`' if f.var else ''}; stopped: {s.stop_reason}*" if f else \
