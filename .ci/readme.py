@@ -1,8 +1,9 @@
 """Render README.md from nbs/index.ipynb (quarto, which nbdev_readme needs, can't be installed from a registry).
 
-Markdown cells are copied as they are and code cells become ```python blocks. With --check, exit 1 if README.md
+Markdown cells are copied as they are (image paths made relative to the repository root) and code cells become
+```python blocks. With --check, exit 1 if README.md
 is not what index.ipynb renders to."""
-import sys, pathlib, nbformat
+import re, sys, pathlib, nbformat
 
 root = pathlib.Path(__file__).resolve().parent.parent
 
@@ -12,7 +13,7 @@ def render(nb) -> str:
     for cell in nb.cells:
         src = cell.source.strip()
         if not src or src.startswith('#| hide'): continue
-        if cell.cell_type == 'markdown': parts.append(src)
+        if cell.cell_type == 'markdown': parts.append(re.sub(r'\]\((images/[^)]+)\)', r'](nbs/\1)', src)) # paths from the repo root
         elif cell.cell_type == 'code':
             code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
             if code: parts.append(f"```python\n{code}\n```")
