@@ -133,7 +133,7 @@ def header_html(s:Session, extra:list=()) -> str:
             f'{_stat("subcalls", n, f"{n} sub-call(s)")}'
             f'{_stat("root-tokens", root.total_tokens, f"root {root.total_tokens:,} tok")}'
             f'{_stat("sub-tokens", sub.total_tokens, f"sub {sub.total_tokens:,} tok")}'
-            f'{_stat("cost", None if cost is None else round(cost, 6), (root + sub).cost_str())}'
+            f'{_stat("cost", None if cost is None else round(cost, 6), "cost " + (root + sub).cost_str())}'
             f'{_stat("elapsed", round(s.elapsed, 1), f"{s.elapsed:.1f}s")}</div></div>')
 
 def final_html(s:Session) -> str:
