@@ -170,6 +170,11 @@ class RLMResult:
         return (f"RLMResult(answer={_short(self.answer)!r}, stop_reason={self.stop_reason!r}, iterations={self.iterations}, "
                 f"sub_calls={self.sub_calls}, tokens={self.usage.total_tokens}, cost={self.usage.cost_str()}, elapsed={self.elapsed:.1f}s)")
 
+    def export(self, path, embed_limit:int=100_000):
+        "Save the session as a notebook that replays offline (see `rlm_nb.notebook.export`)."
+        from rlm_nb.notebook import export # nbformat's schema validation is slow to import
+        return export(self, path, embed_limit=embed_limit)
+
     def _repr_markdown_(self):
         s, ru, su = self.session, self.root_usage, self.sub_usage
         rows = [('root', s.model, ru), ('sub', s.sub_model, su), ('total', '', ru + su)]

@@ -204,8 +204,6 @@ def export(source, # an `RLMResult`, a `Session`, or the path of a JSONL trace o
         raise
     return path
 
-RLMResult.export = lambda self, path, embed_limit=100_000: export(self, path, embed_limit=embed_limit)
-
 # %% ../nbs/05_notebook.ipynb
 def read_notebook(path) -> Session:
     "The `Session` recorded in an exported notebook."
@@ -319,6 +317,8 @@ def fork(source, # a session notebook, a trace path, a `Session` or an `RLMResul
             raise ValueError(f"at must be an iteration number from 1 to {len(done)}, not {at!r}")
         if done[at - 1].final is not None:
             raise ValueError(f"iteration {at} ended the session with FINAL; fork at an earlier one (1 to {at - 1})")
+        used, given = set(s.settings.get('tools', [])), {t.__name__ for t in rlm_kwargs.get('tools') or []}
+        if used - given: raise ValueError(f"the session used the host tools {', '.join(sorted(used - given))}: pass them with tools=[...]")
         kw = {k: s.settings[k] for k in _CARRIED if k in s.settings}
         rlm = RLM(model or s.model, sub_model or s.sub_model, **{**kw, **rlm_kwargs})
         res = rlm(f"{s.query} {suffix}".strip(), _resume=Resume(s, at, setup))

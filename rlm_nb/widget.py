@@ -226,7 +226,8 @@ class Timeline:
 def _on_event(self:Timeline, e:Event):
     with self._lock:
         if isinstance(e, SessionStarted):
-            self.session = e.session
+            for c in self._cards: c.close() # a timeline reused for another run starts over
+            self.session, self._running, self._cards, self._cards_box.children = e.session, None, [], ()
             self._dirty |= {'header'} | {('card', i) for i in range(len(e.session.iterations))}
             self._start_ticker()
         elif self.session is None: return
