@@ -619,3 +619,13 @@ def test_export_to_a_path_that_cannot_be_written_leaves_nothing(runs, tmp_path):
     # the same with an input too big to embed: the side files written for it go too
     with pytest.raises((OSError, ValueError)): res.export(tmp_path/'a-dir.ipynb', embed_limit=10)
     assert listing(tmp_path) == ['a-dir.ipynb', 'a-file'] and listing(tmp_path/'a-dir.ipynb') == []
+
+
+def test_exported_notebook_runs_under_jupyter_nbconvert_execute(runs, exported, tmp_path):
+    "The plain command line a reader would use, in a directory with nothing else in it."
+    shutil.copy(exported('final'), tmp_path/'final.ipynb')
+    p = subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--to', 'notebook', '--execute', '--output', 'ran.ipynb',
+                        'final.ipynb'], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ran, session = rlm_code_cells(read(tmp_path/'ran.ipynb')), runs('final').res.session
+    assert [stream_text(c.outputs) for c in ran] == [stream_text(c.outputs) for c in session.cells]
