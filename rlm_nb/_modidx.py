@@ -321,4 +321,5 @@ d = { 'settings': { 'branch': 'main',
                                'rlm_nb.widget.render_html': ('widget.html#render_html', 'rlm_nb/widget.py'),
                                'rlm_nb.widget.status_of': ('widget.html#status_of', 'rlm_nb/widget.py'),
                                'rlm_nb.widget.strip_ansi': ('widget.html#strip_ansi', 'rlm_nb/widget.py'),
-                               'rlm_nb.widget.subcall_html': ('widget.html#subcall_html', 'rlm_nb/widget.py')}}}
+                               'rlm_nb.widget.subcall_html': ('widget.html#subcall_html', 'rlm_nb/widget.py'),
+                               'rlm_nb.widget.subcall_line': ('widget.html#subcall_line', 'rlm_nb/widget.py')}}}

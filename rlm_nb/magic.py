@@ -79,6 +79,7 @@ class RLMMagics(Magics):
         question = interpolate(cell, self.shell.user_ns).strip() if cell is not None else ' '.join(args.question).strip()
         if cell is not None and args.question: raise UsageError(f"%%rlm: unexpected arguments {' '.join(args.question)!r}; the question goes in the cell body")
         if not question: raise UsageError("%%rlm: the question is empty; write it in the cell body")
+        if not args.output.isidentifier(): raise UsageError(f"%%rlm -o {args.output}: not a variable name")
         inputs = resolve_inputs(args.context, self.shell.user_ns)
         rlm = self.build(args)
         return self.run(rlm, question, inputs, args)
@@ -93,7 +94,7 @@ def _build(self:RLMMagics, args) -> RLM:
     model = _pick(args.model, ns) or self.model or os.environ.get('RLM_MODEL')
     if not model:
         raise UsageError("%%rlm: no model configured: pass -m MODEL, or run %config RLMMagics.model = 'openai/gpt-4o-mini', or set RLM_MODEL")
-    opts = {**self.options, 'max_iterations': args.max_iterations or self.max_iterations,
+    opts = {**self.options, 'max_iterations': self.max_iterations if args.max_iterations is None else args.max_iterations,
             'max_cost': args.max_cost if args.max_cost is not None else self.max_cost, 'verbose': args.no_widget or not self.widget}
     try:
         rlm = RLM(model, _pick(args.sub_model, ns) or self.sub_model, api_base=args.api_base or self.api_base,
@@ -106,17 +107,21 @@ RLMMagics.build = _build
 
 # %% ../nbs/07_magic.ipynb
 def _run(self:RLMMagics, rlm:RLM, question:str, inputs:dict, args):
-    live = not args.no_widget and self.widget
-    timeline = handle = None
-    if live:
+    timeline, shown = None, []
+    if not args.no_widget and self.widget:
         from rlm_nb.widget import Timeline
+        from rlm_nb.events import SessionStarted
         timeline = Timeline().attach(rlm)
-        handle = display(timeline, display_id=True)
+        @rlm.subscribe
+        def show(e): # only once the session has started: a mistake in the inputs leaves no empty widget behind
+            if isinstance(e, SessionStarted) and not shown: shown.append(display(timeline, display_id=True))
     try:
         try: res = rlm(question, **inputs)
-        except (ValueError, TypeError, FileNotFoundError, ModelError) as e: raise UsageError(f"%%rlm: {e}") from None
+        except (ValueError, TypeError, FileNotFoundError, ModelError) as e:
+            if shown: shown[0].update({'text/plain': ''}, raw=True) # no widget left behind
+            raise UsageError(f"%%rlm: {e}") from None
         self.shell.user_ns[args.output] = res
-        if handle is not None: handle.update(res)
+        if shown: shown[0].update(res)
         else: display(res)
     finally:
         if timeline is not None: timeline.close()

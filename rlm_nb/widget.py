@@ -4,13 +4,13 @@
 
 # %% ../nbs/06_widget.ipynb 3
 from __future__ import annotations
-import html, re, threading, time, base64
+import html, re, threading, time, base64, functools
 from .events import *
 from .core import RLMResult, turns
 
 # %% auto 0
-__all__ = ['strip_ansi', 'markdown_html', 'code_html', 'folded', 'output_html', 'subcall_html', 'cell_html', 'card_html',
-           'status_of', 'header_html', 'final_html', 'render_html', 'Timeline']
+__all__ = ['strip_ansi', 'markdown_html', 'code_html', 'folded', 'output_html', 'subcall_html', 'subcall_line', 'cell_html',
+           'card_html', 'status_of', 'header_html', 'final_html', 'render_html', 'Timeline']
 
 # %% ../nbs/06_widget.ipynb
 _ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
@@ -26,6 +26,7 @@ def markdown_html(text:str) -> str:
         _md = MarkdownIt('commonmark', {'html': False}).enable('table')
     return _md.render(text)
 
+@functools.lru_cache(maxsize=1024) # a running card is redrawn often; its code is not
 def code_html(code:str) -> str:
     "Python `code`, syntax-highlighted, as the inside of a `<pre>`."
     from pygments import highlight
@@ -46,10 +47,11 @@ def folded(text:str, cls:str, show:int=400, clip:int=20_000) -> str:
 
 # %% ../nbs/06_widget.ipynb
 _IMAGES = ('image/png', 'image/jpeg', 'image/gif')
+_BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 
 def _rich_html(data:dict) -> str:
     for mime in _IMAGES:
-        if mime in data: return f'<img src="data:{mime};base64,{"".join(data[mime].split())}">'
+        if mime in data and _BASE64.fullmatch(blob := ''.join(data[mime].split())): return f'<img src="data:{mime};base64,{blob}">'
     if 'image/svg+xml' in data:
         svg = ''.join(data['image/svg+xml']) if isinstance(data['image/svg+xml'], list) else data['image/svg+xml']
         return f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">'
@@ -86,11 +88,21 @@ def subcall_html(sc:SubCall) -> str:
             f'<summary><span class="rlm-tags">{" · ".join(_e(t) for t in tags if t)}</span> {_e(first)}</summary>'
             f'<div class="rlm-label">prompt</div>{folded(sc.prompt, "rlm-prompt")}{answer}</details>')
 
-def cell_html(cell:CodeCell, running:bool=False) -> str:
-    "One code block: the code, its outputs and the sub-calls it made."
+def subcall_line(sc:SubCall) -> str:
+    "A sub-call of a cell still running, on one line: what it asks, and whether it has its answer."
+    state = 'error' if sc.error else 'answered' if sc.response is not None else 'waiting…'
+    return (f'<div class="rlm-subcall-live" data-kind="{_e(sc.kind)}"><span class="rlm-tags">{_e(sc.kind)} · {state}</span> '
+            f'{_e(" ".join(str(sc.prompt).split())[:120])}</div>')
+
+def cell_html(cell:CodeCell, running:bool=False, live_subcalls:int=20) -> str:
+    "One code block: the code, its outputs and the sub-calls it made (the last `live_subcalls` lines while running)."
     status = 'running' if running else cell.status
     outs = ''.join(output_html(o) for o in cell.outputs)
-    subs = ''.join(subcall_html(s) for s in cell.subcalls)
+    if running: # redrawn several times a second: one line per recent call keeps each redraw small
+        hidden = max(0, len(cell.subcalls) - live_subcalls)
+        subs = (f'<div class="rlm-tags">… {hidden} earlier sub-call(s)</div>' if hidden else '') + \
+               ''.join(subcall_line(s) for s in cell.subcalls[hidden:])
+    else: subs = ''.join(subcall_html(s) for s in cell.subcalls)
     took = '' if running else f' · {cell.duration:.2f}s'
     return (f'<div class="rlm-cell" data-index="{cell.index}" data-status="{status}">'
             f'<div class="rlm-cell-head">block {cell.index + 1} · <span class="rlm-badge rlm-{status}">{status}</span>{took}'
@@ -142,7 +154,7 @@ def final_html(s:Session) -> str:
     reason = s.stop_reason
     why = '' if reason == 'final' else f'<div class="rlm-why">The session stopped on <b>{_e(reason)}</b>; this is a best-effort answer.</div>'
     answer = f'<pre class="rlm-answer">{_e(s.answer)}</pre>' if s.answer is not None else '<div class="rlm-answer rlm-none">(no answer)</div>'
-    source = f' <span class="rlm-tags">from {_e(s.final.source)}{f" {s.final.var}" if s.final and s.final.var else ""}</span>' if s.final else ''
+    source = f' <span class="rlm-tags">from {_e(s.final.source)}{f" {_e(s.final.var)}" if s.final and s.final.var else ""}</span>' if s.final else ''
     return f'<div class="rlm-final" data-stop-reason="{_e(reason)}"><b>Answer</b>{source}{why}{answer}</div>'
 
 # %% ../nbs/06_widget.ipynb
@@ -199,6 +211,7 @@ class Timeline:
         self.widget = W.VBox([self._style, self._header, self._cards_box, self._final])
         self.widget.add_class('rlm-timeline')
         self._running, self._dirty, self._ticker, self._stop = None, set(), None, threading.Event()
+        self._drawing, self._reset = threading.Lock(), False
         self._header.value = '<div class="rlm-header" data-status="waiting">waiting for the session to start…</div>'
 
     @classmethod
@@ -226,14 +239,13 @@ class Timeline:
 def _on_event(self:Timeline, e:Event):
     with self._lock:
         if isinstance(e, SessionStarted):
-            for c in self._cards: c.close() # a timeline reused for another run starts over
-            self.session, self._running, self._cards, self._cards_box.children = e.session, None, [], ()
-            self._dirty |= {'header'} | {('card', i) for i in range(len(e.session.iterations))}
+            self.session, self._running, self._reset = e.session, None, True # a timeline reused for another run starts over
+            self._dirty |= {'header', *range(len(e.session.iterations))}
             self._start_ticker()
         elif self.session is None: return
         elif isinstance(e, ModelReplied):
             n = len(self.session.iterations) - 1
-            self._dirty |= {'header', ('card', n), ('fold', n - 1)}
+            self._dirty |= {'header', n, n - 1} # the new card, and the one before it, now folded
         elif isinstance(e, CellStarted): self._running = CodeCell(e.iteration, e.index, e.code)
         elif isinstance(e, CellOutput):
             if self._running is not None: self._running.outputs.append(e.output)
@@ -247,32 +259,33 @@ def _on_event(self:Timeline, e:Event):
             self.session, self._running = e.session, None
             self._stop.set()
             n = len(e.session.iterations)
-            self._dirty |= {'header', 'final', ('card', n - 1), ('fold', n - 2)}
-            self.flush()
-            return
-        if not isinstance(e, (SessionStarted, Notice)): self._dirty.add(('card', len(self.session.iterations) - 1))
+            self._dirty |= {'header', 'final', n - 1, n - 2}
+        if not isinstance(e, (SessionStarted, SessionEnded, Notice)): self._dirty.add(len(self.session.iterations) - 1)
+    if isinstance(e, SessionEnded): self.flush() # outside the lock: a redraw in progress holds `_drawing` and wants it
 
 Timeline.__call__ = _on_event
 
 # %% ../nbs/06_widget.ipynb
 def _flush(self:Timeline):
     "Redraw the dirty parts now."
-    with self._lock:
-        s, dirty, self._dirty = self.session, self._dirty, set()
-        if s is None: return
-        its = list(s.iterations)
-        while len(self._cards) < len(its):
-            import ipywidgets as W
-            self._cards.append(W.HTML())
+    with self._drawing: # one redraw at a time, so an older one never lands after a newer one
+        with self._lock: # events wait only for this snapshot, not for the drawing
+            s, dirty, self._dirty = self.session, self._dirty, set()
+            if s is None: return
+            its, r = list(s.iterations), self._running
+            running = None if r is None or not its or r.iteration != its[-1].index else \
+                      CodeCell(r.iteration, r.index, r.code, list(r.outputs), subcalls=list(r.subcalls))
+            if self._reset:
+                for c in self._cards: c.close()
+                self._cards, self._cards_box.children, self._reset = [], (), False
+        import ipywidgets as W
+        if len(self._cards) < len(its):
+            self._cards += [W.HTML() for _ in range(len(its) - len(self._cards))]
             self._cards_box.children = tuple(self._cards)
         last = len(its) - 1
-        running = self._running if self._running is not None and its and self._running.iteration == its[-1].index else None
-        for d in dirty:
-            if isinstance(d, tuple) and 0 <= d[1] <= last:
-                self._cards[d[1]].value = card_html(its[d[1]], open=d[1] == last, running=running if d[1] == last else None)
-        if 'header' in dirty or self.session.stop_reason is None:
-            extra = [x for x in running.subcalls] if running is not None else []
-            self._header.value = header_html(s, extra)
+        for i in sorted(d for d in dirty if isinstance(d, int) and 0 <= d <= last):
+            self._cards[i].value = card_html(its[i], open=i == last, running=running if i == last else None)
+        if 'header' in dirty or s.stop_reason is None: self._header.value = header_html(s, running.subcalls if running else [])
         if 'final' in dirty: self._final.value = final_html(s)
 
 def _start_ticker(self:Timeline):
