@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_notebook.ipynb 3
 from __future__ import annotations
-import ast, base64, inspect, json, os, pickle, re, tempfile, shutil, difflib
+import ast, base64, inspect, json, os, pickle, re, tempfile, shutil, difflib, textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 import nbformat
@@ -30,62 +30,68 @@ SKIP_MAGIC = '%%replay_skip'
 
 # %% ../nbs/05_notebook.ipynb
 _SHIM = '''
-class BridgeError(RuntimeError):
-    "A recorded sub-call failed."
+def _rlm_install(ip, cells, tools):
+    "Define the RLM functions in this notebook, answering from the recording; only they reach the notebook."
+    import base64, hashlib, json, mmap, os, pickle, types
+    from pathlib import Path
+%(sources)s
+    class BridgeError(RuntimeError):
+        "A recorded sub-call failed."
 
-_rlm_cells = json.loads(%(cells)r)
-_rlm_tools = %(tools)r
-_rlm_at = {'next': 0, 'rec': Recording([], 'code before the first recorded cell')}
+    at = {'next': 0, 'rec': Recording([], 'code before the first recorded cell')}
+    def next_cell(info=None):
+        if getattr(info, 'raw_cell', '').lstrip().startswith('# rlm_nb:'): return
+        i = at['next']
+        c = cells[i] if i < len(cells) else {'where': f'code cell {i + 1}, which is not in the recording', 'units': [], 'refusal': None}
+        at['next'], at['rec'] = i + 1, Recording(c['units'], c['where'], c['refusal'])
+    next_cell.__name__ = '_rlm_next_cell'
 
-def _rlm_next_cell(info=None):
-    if getattr(info, 'raw_cell', '').lstrip().startswith('# rlm_nb:'): return
-    i = _rlm_at['next']
-    c = _rlm_cells[i] if i < len(_rlm_cells) else {'where': f'code cell {i + 1}, which is not in the recording', 'units': [], 'refusal': None}
-    _rlm_at['next'], _rlm_at['rec'] = i + 1, Recording(c['units'], c['where'], c['refusal'])
+    def ask(op, prompts):
+        good, value = at['rec'].answer(op, prompts)
+        if good: return value
+        raise (ReplayMismatch if value.startswith('replay mismatch') else BridgeError)(value)
+    def llm_query(prompt, model=None): return ask('llm_query', [prompt])
+    def llm_query_batched(prompts, model=None):
+        prompts = list(prompts)
+        return ask('llm_query_batched', prompts) if prompts else []
+    def rlm_query(prompt, context=None, model=None): return ask('rlm_query', [prompt])
+    def FINAL(answer): ip.user_ns['_rlm_final'] = answer
+    def FINAL_VAR(name):
+        if name not in ip.user_ns: raise NameError(f"FINAL_VAR: there is no variable named {name!r}")
+        ip.user_ns['_rlm_final'] = ip.user_ns[name]
+    def SHOW_VARS():
+        rows = [f"{k:<24} {type(v).__name__:<14} {f'len {len(v):,}' if hasattr(v, '__len__') and not callable(v) else ''}"
+                for k, v in ip.user_ns.items() if not k.startswith('_') and k not in ip.user_ns_hidden and not isinstance(v, types.ModuleType)]
+        print('\\n'.join(rows) if rows else 'no variables yet')
+    def tool(name):
+        def call(*args, **kwargs):
+            a, k = json.loads(json.dumps([list(args), kwargs]))
+            return ask('tool', [tool_call_text(name, a, k)])
+        call.__name__ = name
+        return call
+    def skip(line, cell): print(f"[not rerun: {line.strip() or 'this cell did not finish in the original run'}]")
 
-def _rlm_ask(op, prompts):
-    good, value = _rlm_at['rec'].answer(op, prompts)
-    if good: return value
-    raise (ReplayMismatch if value.startswith('replay mismatch') else BridgeError)(value)
+    for h in list(ip.events.callbacks['pre_run_cell']):
+        if getattr(h, '__name__', '') == '_rlm_next_cell': ip.events.unregister('pre_run_cell', h)
+    ip.events.register('pre_run_cell', next_cell)
+    ip.register_magic_function(skip, 'cell', 'replay_skip')
+    ip.push({'llm_query': llm_query, 'llm_query_batched': llm_query_batched, 'rlm_query': rlm_query, 'FINAL': FINAL,
+             'FINAL_VAR': FINAL_VAR, 'SHOW_VARS': SHOW_VARS, '_rlm_load_input': load_input, **{n: tool(n) for n in tools}},
+            interactive=False)
 
-def llm_query(prompt, model=None): return _rlm_ask('llm_query', [prompt])
-def llm_query_batched(prompts, model=None):
-    prompts = list(prompts)
-    return _rlm_ask('llm_query_batched', prompts) if prompts else []
-def rlm_query(prompt, context=None, model=None): return _rlm_ask('rlm_query', [prompt])
-def FINAL(answer): globals()['_rlm_final'] = answer
-def FINAL_VAR(name):
-    if name not in globals(): raise NameError(f"FINAL_VAR: there is no variable named {name!r}")
-    globals()['_rlm_final'] = globals()[name]
-def SHOW_VARS():
-    print('\\n'.join(k for k, v in globals().items() if not k.startswith('_') and k not in _rlm_own and not callable(v)) or 'no variables yet')
-
-def _rlm_tool(name):
-    def call(*args, **kwargs):
-        a, k = json.loads(json.dumps([list(args), kwargs]))
-        return _rlm_ask('tool', [tool_call_text(name, a, k)])
-    call.__name__ = name
-    return call
-for _n in _rlm_tools: globals()[_n] = _rlm_tool(_n)
-
-def _rlm_skip(line, cell): print(f"[not rerun: {line.strip() or 'this cell did not finish in the original run'}]")
-_ip = get_ipython()
-for _h in list(_ip.events.callbacks['pre_run_cell']):
-    if getattr(_h, '__name__', '') == '_rlm_next_cell': _ip.events.unregister('pre_run_cell', _h)
-_ip.events.register('pre_run_cell', _rlm_next_cell)
-_ip.register_magic_function(_rlm_skip, 'cell', 'replay_skip')
-_rlm_own = set(globals())
+_rlm_install(get_ipython(), __import__('json').loads(%(cells)r), %(tools)r)
+del _rlm_install
 '''
 
 def shim_code(s:Session) -> str:
     "The first code cell of an exported notebook: `llm_query` and friends answering from `s`'s recording."
     cells = [{'where': f"iteration {c.iteration}, block {c.index + 1}", 'units': recording_units(c.subcalls),
               'refusal': refusal_of(s)} for c in s.cells]
-    parts = [inspect.getsource(f) for f in (prompt_hash, refusal_message, batch_error, tool_call_text, ReplayMismatch, Recording, load_input)]
+    sources = [inspect.getsource(f) for f in (prompt_hash, refusal_message, batch_error, tool_call_text, ReplayMismatch, Recording, load_input)]
     head = (f"{SHIM_MARK}: llm_query, llm_query_batched, rlm_query and the tools answer from the sub-calls recorded in\n"
-            "# this notebook, offline. Run `rlm_nb.replay(path)` to rerun it and compare every output.\n"
-            "import hashlib, json, mmap, os, pickle, base64\nfrom pathlib import Path\n\n")
-    return head + '\n'.join(parts) + _SHIM % {'cells': json.dumps(cells), 'tools': list(s.settings.get('tools', []))}
+            "# this notebook, offline. Run `rlm_nb.replay(path)` to rerun it and compare every output.")
+    return head + _SHIM % {'sources': textwrap.indent('\n'.join(sources), '    '), 'cells': json.dumps(cells),
+                           'tools': list(s.settings.get('tools', []))}
 
 # %% ../nbs/05_notebook.ipynb
 def _embed(name:str, value, limit:int) -> str|None:
@@ -102,7 +108,7 @@ def _embed(name:str, value, limit:int) -> str|None:
 
 _INPUTS_HEAD = '''import base64 as _b64, pickle as _pickle
 from pathlib import Path as _Path
-_load = globals().get('load_input') or __import__('rlm_nb.bridge', fromlist=['load_input']).load_input
+_load = globals().get('_rlm_load_input') or __import__('rlm_nb.bridge', fromlist=['load_input']).load_input
 _here = _Path(globals().get('_rlm_notebook_dir', '.'))'''
 
 def inputs_code(s:Session, values:dict, embed_limit:int, sidecar:Path|None) -> tuple:
@@ -127,7 +133,7 @@ def inputs_code(s:Session, values:dict, embed_limit:int, sidecar:Path|None) -> t
             rel = f"{sidecar.name}/{Path(spec['path']).name}"
             lines.append(f"{name} = _load({{'path': str(_here/{rel!r}), 'format': {spec['format']!r}}})")
             meta.append({'name': name, 'how': 'file', 'path': rel})
-    return '\n'.join(lines), meta
+    return '\n'.join(lines + ['del _b64, _pickle, _Path, _load, _here']), meta
 
 # %% ../nbs/05_notebook.ipynb
 def _title(s:Session) -> str:
