@@ -194,6 +194,7 @@ def cmd_replay(a) -> int:
     try: res = replay(a.notebook, timeout=a.timeout, on_cell=show)
     except ReplayMismatch as e: _die(f"replay mismatch: {e}")
     except (ValueError, OSError) as e: _die(str(e))
+    except RuntimeError as e: _die(f"the replay kernel failed: {e}", 1) # e.g. a cell killed it
     bad = res.differing
     print(f"replayed {len(res.cells)} cell(s): " + ('every output is the same' if not bad else
           f"{len(bad)} differ: " + ', '.join(f"iteration {c.iteration} block {c.index + 1}" for c in bad)))

@@ -253,6 +253,7 @@ def _inputs(context, named:dict) -> dict:
         if not k.isidentifier() or keyword.iskeyword(k): raise ValueError(f"input name {k!r} is not a valid Python variable name")
         if k in _RESERVED: raise ValueError(f"input name {k!r} would hide the REPL function of that name; pick another")
         if hasattr(builtins, k): raise ValueError(f"input name {k!r} would hide the Python builtin of that name; pick another")
+        if k.startswith('_'): raise ValueError(f"input name {k!r} starts with an underscore, which the REPL keeps for itself; pick another")
         if k == 'context' and context is not None: raise ValueError("`context` was given twice")
         values[k] = v
     for k, v in values.items():
@@ -298,25 +299,24 @@ class _Run:
                   kernel_options=r.kernel_options, **r.lm_kw)
         sub.budget, sub.depth = Budget(**{**vars(r.budget), 'timeout': None if r.budget.timeout is None else
                                           max(1.0, r.budget.timeout - (time.monotonic() - self.started))}), r.depth + 1
-        res = sub(prompt, None if spec is None else InputFile(**spec), _parent=self.session.id)
+        res = _run(sub, prompt, None if spec is None else InputFile(**spec), {}, parent=self.session.id)
         error = None if res.stop_reason == 'final' else (f"the child RLM stopped without FINAL ({res.stop_reason}); "
                                                          f"its best-effort answer: {res.answer!r}")
         return res.answer or '', res.usage, error
 
 # %% ../nbs/04_core.ipynb
-def _run(self:RLM, query:str, context=None, _parent=None, _resume:Resume|None=None, **inputs) -> RLMResult:
-    "Answer `query` about `context` (and any other named inputs); never raises on budget stops."
+def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume:Resume|None=None) -> RLMResult:
     if not isinstance(query, str) or not query.strip(): raise ValueError("the question must be a non-empty string")
-    values = _inputs(context, inputs)
+    values, _resume = _inputs(context, inputs), resume
     self.check()
     run = _Run(self)
     descs = _resume.session.inputs if _resume else [describe_input(k, v, self.preview_chars) for k, v in values.items()]
     tools = [tool_spec(t) for t in self.tools]
-    s = run.session = Session(query, model_name(self.root_lm), model_name(self.sub_lm), inputs=descs, parent=_parent,
+    s = run.session = Session(query, model_name(self.root_lm), model_name(self.sub_lm), inputs=descs, parent=parent,
                               settings={**vars(self.budget), 'cell_timeout': self.cell_timeout,
                                         'max_output_chars': self.max_output_chars, 'concurrency': self.concurrency,
                                         'cache': self.cache, 'depth': self.depth, 'tools': [t['name'] for t in tools]})
-    s.system_prompt = system_prompt(descs, tools, template=self.system_prompt)
+    s.system_prompt = (_resume and _resume.system_prompt) or system_prompt(descs, tools, template=self.system_prompt)
     s.first_message = first_message(query, descs)
     if _resume: s.settings.update(forked_from=_resume.session.id, fork_at=_resume.at)
     subs = []
@@ -330,7 +330,8 @@ def _run(self:RLM, query:str, context=None, _parent=None, _resume:Resume|None=No
         bridge = Bridge(self.sub_lm, self.events, self.tools, self.concurrency, CompletionCache() if self.cache else None,
                         allow=run.allow, rlm=run.child if self.depth < self.max_depth else None,
                         lm_for=lambda name: as_lm(name, **self.lm_kw))
-        repl = KernelREPL(cwd=str(workdir), startup_code=install_code({'inputs': specs, 'tools': tools}),
+        setup = install_code({'inputs': specs, 'tools': tools}) + (f"\n{_resume.setup}" if _resume else '') # again after a restart
+        repl = KernelREPL(cwd=str(workdir), startup_code=setup,
                           on_request=bridge, on_comm=run.on_comm, **self.kernel_options)
         try: repl.start()
         except RuntimeError as e:
@@ -357,7 +358,16 @@ def _run(self:RLM, query:str, context=None, _parent=None, _resume:Resume|None=No
         for fn in subs: self.events.unsubscribe(fn)
     return RLMResult(s, values, _resume.setup if _resume else None)
 
-RLM.__call__ = RLM.run = _run
+def _call(self:RLM, query:str, /, context=None, **inputs) -> RLMResult:
+    "Answer `query` about `context` (and any other named inputs); never raises on budget stops."
+    return _run(self, query, context, inputs)
+
+def _resume_from(self:RLM, query:str, resume:Resume) -> RLMResult:
+    "Start a session from the first iterations of a recorded one (see `rlm_nb.notebook.fork`)."
+    return _run(self, query, None, {}, resume=resume)
+
+RLM.__call__ = RLM.run = _call
+RLM.resume = _resume_from
 
 # %% ../nbs/04_core.ipynb
 def _messages(s:Session, extra:str='') -> list:
@@ -489,18 +499,20 @@ def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> F
     return None
 
 # %% ../nbs/04_core.ipynb
-_BUDGET_STOPS = {'max_llm_calls', 'max_tokens', 'max_cost', 'timeout'}
 _NOT_RERUN = {'timeout', 'died', 'interrupted'}
+_REFUSED = re.compile(r'budget exhausted \((\w+)\): \d+ more sub-call')
 
-def refusal_of(s:Session) -> str|None:
-    "The budget a replayed sub-call beyond the record was refused by, if the session had one."
-    if s.stop_reason in _BUDGET_STOPS: return s.stop_reason
-    return 'max_llm_calls' if s.settings.get('max_llm_calls') is not None else None
+def refusal_of(cell:CodeCell) -> str|None:
+    "The budget that refused this cell a sub-call, as its output shows; replay refuses calls beyond the record likewise."
+    m = _REFUSED.search(cell.text)
+    return m[1] if m else None
 
-def replay_cell(repl:KernelREPL, cell:CodeCell, timeout:float|None=None, refusal:str|None=None, on_output=None) -> CodeCell:
+def replay_cell(repl:KernelREPL, cell:CodeCell, timeout:float|None=None, on_output=None) -> CodeCell:
     "Run a recorded `cell` again with its sub-calls answered from the record; raises `ReplayMismatch` on divergence."
-    if cell.status in _NOT_RERUN: return CodeCell.from_dict(cell.to_dict()) # rerunning a hang would hang again
-    rec = Recording(recording_units(cell.subcalls), f"iteration {cell.iteration}, block {cell.index + 1}", refusal)
+    if cell.status in _NOT_RERUN: # rerunning a hang would hang again; a kernel that died or was replaced lost its state
+        if cell.status == 'died' or '[The kernel was restarted' in cell.text: repl.restart()
+        return CodeCell.from_dict(cell.to_dict())
+    rec = Recording(recording_units(cell.subcalls), f"iteration {cell.iteration}, block {cell.index + 1}", refusal_of(cell))
     r = repl.execute(cell.code, timeout=timeout, on_request=replay_handler(rec), on_output=on_output)
     rec.check()
     return CodeCell(cell.iteration, cell.index, cell.code, r.outputs, r.text, r.status, r.duration, r.execution_count,
@@ -531,13 +543,11 @@ class Resume:
     "Where a forked session starts: the first `at` iterations of a recorded `session`."
     session: Session
     at: int
-    setup: str = '' # code that loads the inputs in the kernel
+    setup: str = '' # code that loads the inputs in the kernel, run after the bridge is installed and after every restart
+    system_prompt: str|None = None # the recorded system prompt to keep; None builds it anew
 
 def _replay_prefix(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, resume:Resume):
     s, old = run.session, resume.session
-    if resume.setup.strip():
-        r = repl.execute(resume.setup, silent=True, timeout=self.cell_timeout)
-        if not r.ok: raise ValueError(f"the inputs could not be loaded: {truncate(r.text.strip(), 1000)}")
     for rec in [i for i in old.iterations if i.kind == 'turn'][:resume.at]:
         run.emit(IterationStarted(rec.index))
         it = Iteration(rec.index, rec.response, rec.reasoning, usage=rec.usage, latency=rec.latency, feedback=rec.feedback)
@@ -547,9 +557,11 @@ def _replay_prefix(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, resume:Re
         for cell in rec.cells:
             bridge.begin_cell(it.index, cell.index)
             run.emit(CellStarted(it.index, cell.index, cell.code))
-            new = replay_cell(repl, cell, self.cell_timeout, refusal_of(old), lambda o, i=it.index, k=cell.index: run.emit(CellOutput(i, k, o)))
+            new = replay_cell(repl, cell, self.cell_timeout, lambda o, i=it.index, k=cell.index: run.emit(CellOutput(i, k, o)))
             if comparable_outputs(new.outputs) != comparable_outputs(cell.outputs):
-                run.emit(Notice(f"iteration {it.index}, block {cell.index + 1}: the replayed output differs from the recorded one", 'warning'))
+                s.settings.setdefault('replay_differs', []).append([it.index, cell.index + 1])
+                run.emit(Notice(f"iteration {it.index}, block {cell.index + 1}: the replayed output differs from the recorded one; "
+                                "the model is shown the recorded one", 'warning'))
             it.cells.append(new)
             bridge.calls, bridge.usage = bridge.calls + len(new.subcalls), bridge.usage + sum((x.usage for x in new.subcalls), Usage())
             run.code_ran, run.errors = True, 0 if new.status == 'ok' else run.errors + 1

@@ -280,13 +280,16 @@ def is_secret_name(name:str) -> bool:
 _SECRET_TEXT = re.compile(r'(sk-[A-Za-z0-9_\-]{16,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}|hf_[A-Za-z0-9]{20,}'
                           r'|(?<=Bearer )[A-Za-z0-9._\-]{8,}|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))')
 
-def redact(obj, env=None):
-    "Copy of `obj` (str, list, dict) with secrets replaced by `[REDACTED]`."
+_SECRET_VALUE = re.compile(r'KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH', re.I)
+
+def redact(obj, env=None, patterns:bool=True):
+    "Copy of `obj` (str, list, dict) with secrets replaced by `[REDACTED]`: the values of secret environment variables and, with `patterns`, text shaped like a key."
     env = os.environ if env is None else env
-    values = sorted({v for k, v in env.items() if is_secret_name(k) and len(v) >= 8}, key=len, reverse=True)
+    # a region or a server URL is not a secret even under an AWS_ or GITHUB_ name: only values of key-like names go
+    values = sorted({v for k, v in env.items() if _SECRET_VALUE.search(k) and len(v) >= 8}, key=len, reverse=True)
     def scrub(s:str):
         for v in values: s = s.replace(v, '[REDACTED]')
-        return _SECRET_TEXT.sub('[REDACTED]', s)
+        return _SECRET_TEXT.sub('[REDACTED]', s) if patterns else s
     def walk(o):
         if isinstance(o, str): return scrub(o)
         if isinstance(o, dict): return {k: walk(v) for k, v in o.items()}
@@ -320,9 +323,11 @@ def read_trace(path) -> Session:
         if not line.strip(): continue
         try: ev = json.loads(line)
         except json.JSONDecodeError: raise ValueError(f"{path}:{n}: not a JSON line; is this an rlm_nb trace?") from None
+        if not isinstance(ev, dict): raise ValueError(f"{path}:{n}: not an event object; is this an rlm_nb trace?")
         if ev.get('type') in ('session_started', 'session_ended'): last = ev['session']
     if last is None: raise ValueError(f"{path}: no session events; is this an rlm_nb trace?")
-    return Session.from_dict(last)
+    try: return Session.from_dict(last)
+    except (TypeError, KeyError, AttributeError) as e: raise ValueError(f"{path}: the session record is damaged ({e})") from None
 
 # %% ../nbs/03_events.ipynb
 class ProgressPrinter:

@@ -32,6 +32,8 @@ _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 def strip_ansi(s:str) -> str: return _ANSI.sub('', s)
 
+def _joined(v) -> str: return ''.join(map(str, v)) if isinstance(v, list) else str(v) # model code can publish any JSON
+
 def outputs_to_text(outputs:list) -> str:
     "Plain text of nbformat outputs, as the root model should read it."
     parts = []
@@ -41,7 +43,7 @@ def outputs_to_text(outputs:list) -> str:
         elif t == 'error': parts.append(strip_ansi('\n'.join(o.get('traceback') or [f"{o['ename']}: {o['evalue']}"])) + '\n')
         elif t in ('execute_result', 'display_data'):
             data = o.get('data', {})
-            if 'text/plain' in data: parts.append(''.join(data['text/plain']) + '\n')
+            if 'text/plain' in data: parts.append(_joined(data['text/plain']) + '\n')
             else: parts.append('[' + ', '.join(k for k in data) + ' output]\n')
     return ''.join(parts)
 

@@ -39,10 +39,12 @@ def resolve_inputs(specs:list, ns:dict) -> dict:
     inputs = {}
     for spec in specs or []:
         name, _, ref = spec.partition('=') if '=' in spec and spec.split('=', 1)[0].isidentifier() else ('', '', spec)
-        if ref.isidentifier() and ref in ns: inputs[name or ref] = ns[ref]
-        elif Path(ref).expanduser().is_file(): inputs[name or _name_for(Path(ref))] = Path(ref).expanduser()
+        if ref.isidentifier() and ref in ns: key, value = name or ref, ns[ref]
+        elif Path(ref).expanduser().is_file(): key, value = name or _name_for(Path(ref)), Path(ref).expanduser()
         elif ref.isidentifier(): raise UsageError(f"%%rlm -c {spec}: there is no variable named {ref!r} (nor a file of that name)")
         else: raise UsageError(f"%%rlm -c {spec}: no such file: {ref}")
+        if key in inputs: raise UsageError(f"%%rlm -c {spec}: an input named {key!r} is already given; name this one with NAME={ref}")
+        inputs[key] = value
     return inputs
 
 # %% ../nbs/07_magic.ipynb
@@ -138,7 +140,9 @@ def _usage(self:RLMMagics) -> str:
             ('sub_model', repr(self.sub_model) if self.sub_model else 'the root model'), ('api_base', self.api_base or 'provider default'),
             ('max_iterations', self.max_iterations), ('max_cost', self.max_cost or 'no limit'), ('widget', self.widget),
             ('options', self.options or '{}')]
-    return (self.rlm.parser.format_help().replace('::\n\n  ', '').strip() + "\n\nDefaults (%config RLMMagics.<name> = value):\n" +
+    return (self.rlm.parser.format_help().replace('::\n\n  ', '').strip() +
+            "\n\nA line ending in ? is IPython's help syntax: ask such questions with the %%rlm cell magic." +
+            "\n\nDefaults (%config RLMMagics.<name> = value):\n" +
             '\n'.join(f"  {k:<15}{v}" for k, v in rows))
 
 RLMMagics.usage = _usage

@@ -86,7 +86,7 @@ del _rlm_install
 def shim_code(s:Session) -> str:
     "The first code cell of an exported notebook: `llm_query` and friends answering from `s`'s recording."
     cells = [{'where': f"iteration {c.iteration}, block {c.index + 1}", 'units': recording_units(c.subcalls),
-              'refusal': refusal_of(s)} for c in s.cells]
+              'refusal': refusal_of(c)} for c in s.cells]
     sources = [inspect.getsource(f) for f in (prompt_hash, refusal_message, batch_error, tool_call_text, ReplayMismatch, Recording, load_input)]
     head = (f"{SHIM_MARK}: llm_query, llm_query_batched, rlm_query and the tools answer from the sub-calls recorded in\n"
             "# this notebook, offline. Run `rlm_nb.replay(path)` to rerun it and compare every output.")
@@ -111,8 +111,8 @@ from pathlib import Path as _Path
 _load = globals().get('_rlm_load_input') or __import__('rlm_nb.bridge', fromlist=['load_input']).load_input
 _here = _Path(globals().get('_rlm_notebook_dir', '.'))'''
 
-def inputs_code(s:Session, values:dict, embed_limit:int, sidecar:Path|None) -> tuple:
-    "(code, metadata) of the cell that loads `s`'s inputs; big in-memory values are written under `sidecar`."
+def inputs_code(s:Session, values:dict, embed_limit:int, sidecar:Path|None, rel_dir:str|None=None) -> tuple:
+    "(code, metadata) of the cell that loads `s`'s inputs; big in-memory values are written under `sidecar`, read from `rel_dir`."
     lines, meta = [INPUTS_MARK + ": the session's inputs", _INPUTS_HEAD], []
     for d in s.inputs:
         name, value = d['name'], values.get(d['name'])
@@ -130,7 +130,7 @@ def inputs_code(s:Session, values:dict, embed_limit:int, sidecar:Path|None) -> t
             if sidecar is None: raise ValueError(f"input {name!r} is too big to embed (embed_limit={embed_limit:,}) and there is no directory to write it to")
             sidecar.mkdir(parents=True, exist_ok=True)
             spec = write_input(value, sidecar, name)
-            rel = f"{sidecar.name}/{Path(spec['path']).name}"
+            rel = f"{rel_dir or sidecar.name}/{Path(spec['path']).name}"
             lines.append(f"{name} = _load({{'path': str(_here/{rel!r}), 'format': {spec['format']!r}}})")
             meta.append({'name': name, 'how': 'file', 'path': rel})
     return '\n'.join(lines + ['del _b64, _pickle, _Path, _load, _here']), meta
@@ -162,9 +162,10 @@ def _iteration_cells(it:Iteration) -> list:
         cells.append(new_code_cell(code, outputs=[nbformat.from_dict(o) for o in c.outputs], execution_count=c.execution_count, metadata=meta))
     return cells
 
-def to_notebook(s:Session, values:dict|None=None, embed_limit:int=100_000, sidecar:Path|None=None, setup:str|None=None):
+def to_notebook(s:Session, values:dict|None=None, embed_limit:int=100_000, sidecar:Path|None=None, setup:str|None=None,
+                rel_dir:str|None=None):
     "The notebook of session `s`; `values` are the inputs by name, `setup` replaces the generated inputs cell."
-    code, meta = (setup, []) if setup else inputs_code(s, values or {}, embed_limit, sidecar)
+    code, meta = (setup, []) if setup else inputs_code(s, values or {}, embed_limit, sidecar, rel_dir)
     cells = [new_markdown_cell(_title(s), metadata={'tags': ['rlm-nb-title']}),
              new_code_cell(shim_code(s), metadata={'tags': ['rlm-nb-shim'], 'jupyter': {'source_hidden': True}}),
              new_code_cell(code, metadata={'tags': ['rlm-nb-inputs'], 'rlm_nb': {'inputs': meta}})]
@@ -195,19 +196,25 @@ def export(source, # an `RLMResult`, a `Session`, or the path of a JSONL trace o
     path = Path(path).expanduser()
     if path.suffix != '.ipynb': raise ValueError(f"export writes a notebook: give a path ending in .ipynb, not {path.name}")
     if not path.parent.is_dir(): raise FileNotFoundError(f"cannot export to {path}: the directory {path.parent} does not exist")
-    sidecar, had_sidecar = path.parent/f"{path.stem}_inputs", (path.parent/f"{path.stem}_inputs").exists()
-    tmp = path.parent/f".{path.name}.{os.getpid()}.tmp"
+    # Secrets go before the recording is built, so its prompt hashes are of what the notebook shows and replays
+    s = Session.from_dict(redact(s.to_dict()))
+    values = {k: redact(v) if isinstance(v, str) else v for k, v in values.items()}
+    sidecar, tmp = path.parent/f"{path.stem}_inputs", path.parent/f".{path.name}.{os.getpid()}.tmp"
+    staging = path.parent/f".{sidecar.name}.{os.getpid()}.tmp" # the inputs of an earlier export stay until this one is done
     try:
-        nb = nbformat.from_dict(redact(to_notebook(s, values, embed_limit, sidecar, setup)))
+        nb = nbformat.from_dict(redact(to_notebook(s, values, embed_limit, staging, setup and redact(setup), sidecar.name)))
         nbformat.validate(nb)
         try:
             nbformat.write(nb, tmp)
+            if sidecar.exists(): shutil.rmtree(sidecar)
+            if staging.exists(): staging.rename(sidecar)
             os.replace(tmp, path)
         except OSError as e: raise OSError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
+        except UnicodeEncodeError as e:
+            raise ValueError(f"cannot export: the session holds text that is not valid Unicode ({e.reason}: {e.object[e.start:e.end]!r})") from None
+    finally:
         tmp.unlink(missing_ok=True)
-        if not had_sidecar: shutil.rmtree(sidecar, ignore_errors=True)
-        raise
+        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 # %% ../nbs/05_notebook.ipynb
@@ -289,11 +296,11 @@ def replay(path, # an exported session notebook
     tools = [{'name': n, 'signature': '(*args, **kwargs)', 'doc': ''} for n in s.settings.get('tools', [])]
     timeout = timeout or s.settings.get('cell_timeout') or 120
     res = ReplayResult(s)
-    with KernelREPL(startup_code=install_code({'inputs': [], 'tools': tools})) as repl:
-        r = repl.execute(setup, silent=True, timeout=timeout)
-        if not r.ok: raise NotebookError(f"{path.name}: the inputs cell failed:\n{r.text.strip()[-2000:]}")
+    try: repl = KernelREPL(startup_code=install_code({'inputs': [], 'tools': tools}) + '\n' + setup).start() # again after a restart
+    except RuntimeError as e: raise NotebookError(f"{path.name}: the inputs cell failed: {str(e).strip().splitlines()[-1]}") from None
+    with repl:
         for cell in s.cells:
-            new = replay_cell(repl, cell, timeout, refusal_of(s))
+            new = replay_cell(repl, cell, timeout)
             res.cells.append(c := CellComparison(cell.iteration, cell.index, comparable_outputs(new.outputs) == comparable_outputs(cell.outputs), cell, new))
             if on_cell: on_cell(c)
     return res
@@ -327,7 +334,8 @@ def fork(source, # a session notebook, a trace path, a `Session` or an `RLMResul
         if used - given: raise ValueError(f"the session used the host tools {', '.join(sorted(used - given))}: pass them with tools=[...]")
         kw = {k: s.settings[k] for k in _CARRIED if k in s.settings}
         rlm = RLM(model or s.model, sub_model or s.sub_model, **{**kw, **rlm_kwargs})
-        res = rlm(f"{s.query} {suffix}".strip(), _resume=Resume(s, at, setup))
+        keep = s.system_prompt if 'system_prompt' not in rlm_kwargs and used == given else None # the history starts the same
+        res = rlm.resume(f"{s.query} {suffix}".strip(), Resume(s, at, setup, keep))
         if tmp is not None: res.inputs, res.setup_code = values, None # the fork's input files are temporary
         return res
     finally:

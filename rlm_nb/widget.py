@@ -50,22 +50,21 @@ _IMAGES = ('image/png', 'image/jpeg', 'image/gif')
 _BASE64 = re.compile(r'[A-Za-z0-9+/]*={0,2}')
 
 def _rich_html(data:dict) -> str:
+    text = lambda v: ''.join(map(str, v)) if isinstance(v, list) else str(v) # model code can publish any JSON
     for mime in _IMAGES:
-        if mime in data and _BASE64.fullmatch(blob := ''.join(data[mime].split())): return f'<img src="data:{mime};base64,{blob}">'
+        if mime in data and _BASE64.fullmatch(blob := ''.join(text(data[mime]).split())): return f'<img src="data:{mime};base64,{blob}">'
     if 'image/svg+xml' in data:
-        svg = ''.join(data['image/svg+xml']) if isinstance(data['image/svg+xml'], list) else data['image/svg+xml']
-        return f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">'
+        return f'<img src="data:image/svg+xml;base64,{base64.b64encode(text(data["image/svg+xml"]).encode()).decode()}">'
     if 'text/html' in data:
-        page = ''.join(data['text/html']) if isinstance(data['text/html'], list) else data['text/html']
-        return f'<iframe class="rlm-html" sandbox srcdoc="{_e(page)}"></iframe>'
-    if 'text/markdown' in data: return markdown_html(data['text/markdown'])
-    return f'<pre>{_e(data.get("text/plain", ""))}</pre>'
+        return f'<iframe class="rlm-html" sandbox srcdoc="{_e(text(data["text/html"]))}"></iframe>'
+    if 'text/markdown' in data: return markdown_html(text(data['text/markdown']))
+    return f'<pre>{_e(text(data.get("text/plain", "")))}</pre>'
 
 def output_html(out:dict) -> str:
     "One nbformat output as HTML."
     kind = out.get('output_type')
     if kind == 'stream':
-        text = ''.join(out['text']) if isinstance(out['text'], list) else out['text']
+        text = ''.join(out['text']) if isinstance(out['text'], list) else str(out['text'])
         return f'<pre class="rlm-{_e(out.get("name", "stdout"))}">{_e(strip_ansi(text))}</pre>'
     if kind == 'error':
         tb = '\n'.join(out.get('traceback') or [f"{out.get('ename')}: {out.get('evalue')}"])
@@ -84,7 +83,7 @@ def subcall_html(sc:SubCall) -> str:
     answer = (f'<div class="rlm-label">error</div>{folded(sc.error, "rlm-response rlm-failed")}' if sc.error else
               f'<div class="rlm-label">answer</div>{folded(sc.response, "rlm-response")}' if sc.response is not None else
               '<div class="rlm-label">waiting for the answer…</div>')
-    return (f'<details class="rlm-subcall" data-kind="{_e(sc.kind)}" data-cached="{str(sc.cached).lower()}" data-id="{sc.id}">'
+    return (f'<details class="rlm-subcall" data-kind="{_e(sc.kind)}" data-cached="{str(bool(sc.cached)).lower()}" data-id="{_e(sc.id)}">'
             f'<summary><span class="rlm-tags">{" · ".join(_e(t) for t in tags if t)}</span> {_e(first)}</summary>'
             f'<div class="rlm-label">prompt</div>{folded(sc.prompt, "rlm-prompt")}{answer}</details>')
 
@@ -96,7 +95,7 @@ def subcall_line(sc:SubCall) -> str:
 
 def cell_html(cell:CodeCell, running:bool=False, live_subcalls:int=20) -> str:
     "One code block: the code, its outputs and the sub-calls it made (the last `live_subcalls` lines while running)."
-    status = 'running' if running else cell.status
+    status = 'running' if running else _e(cell.status) # a session read from a file is untrusted too
     outs = ''.join(output_html(o) for o in cell.outputs)
     if running: # redrawn several times a second: one line per recent call keeps each redraw small
         hidden = max(0, len(cell.subcalls) - live_subcalls)
@@ -104,8 +103,8 @@ def cell_html(cell:CodeCell, running:bool=False, live_subcalls:int=20) -> str:
                ''.join(subcall_line(s) for s in cell.subcalls[hidden:])
     else: subs = ''.join(subcall_html(s) for s in cell.subcalls)
     took = '' if running else f' · {cell.duration:.2f}s'
-    return (f'<div class="rlm-cell" data-index="{cell.index}" data-status="{status}">'
-            f'<div class="rlm-cell-head">block {cell.index + 1} · <span class="rlm-badge rlm-{status}">{status}</span>{took}'
+    return (f'<div class="rlm-cell" data-index="{_e(cell.index)}" data-status="{status}">'
+            f'<div class="rlm-cell-head">block {_e(int(cell.index) + 1)} · <span class="rlm-badge rlm-{status}">{status}</span>{took}'
             f'{f" · {len(cell.subcalls)} sub-call(s)" if cell.subcalls else ""}</div>'
             f'<pre class="rlm-code">{code_html(cell.code)}</pre>'
             f'<div class="rlm-output">{outs}</div>'
@@ -117,10 +116,10 @@ def card_html(it:Iteration, open:bool=False, running:CodeCell|None=None) -> str:
     cells = list(it.cells) + ([running] if running is not None else [])
     subs = sum(len(c.subcalls) for c in cells)
     said = ' '.join(it.reasoning.split())
-    title = 'Best-effort answer' if it.kind == 'fallback' else f'Iteration {it.index}'
+    title = 'Best-effort answer' if it.kind == 'fallback' else f'Iteration {_e(it.index)}'
     bits = [f'{len(cells)} block(s)', f'{subs} sub-call(s)', _tokens(it.usage), f'{it.latency:.1f}s model'] + (['FINAL'] if it.final and it.kind == 'turn' else [])
     body = ''.join(cell_html(c, running=c is running) for c in cells)
-    return (f'<details class="rlm-card" data-iteration="{it.index}" data-kind="{it.kind}"{" open" if open else ""}>'
+    return (f'<details class="rlm-card" data-iteration="{_e(it.index)}" data-kind="{_e(it.kind)}"{" open" if open else ""}>'
             f'<summary><b>{title}</b> <span class="rlm-tags">{" · ".join(bits)}</span>'
             f'<span class="rlm-said">{_e(said[:120])}</span></summary>'
             f'<div class="rlm-reasoning">{markdown_html(it.reasoning) if it.reasoning.strip() else "<p><i>(no prose, only code)</i></p>"}</div>'
@@ -211,7 +210,7 @@ class Timeline:
         self.widget = W.VBox([self._style, self._header, self._cards_box, self._final])
         self.widget.add_class('rlm-timeline')
         self._running, self._dirty, self._ticker, self._stop = None, set(), None, threading.Event()
-        self._drawing, self._reset = threading.Lock(), False
+        self._drawing, self._reset, self._attached = threading.Lock(), False, []
         self._header.value = '<div class="rlm-header" data-status="waiting">waiting for the session to start…</div>'
 
     @classmethod
@@ -223,10 +222,11 @@ class Timeline:
 
     def attach(self, rlm) -> Timeline:
         "Subscribe to `rlm`'s events; returns self, to display."
-        rlm.subscribe(self); return self
+        rlm.subscribe(self); self._attached.append(rlm); return self
 
     def close(self):
-        "Stop redrawing and close the widgets."
+        "Stop redrawing, stop listening, and close the widgets."
+        for rlm in self._attached: rlm.events.unsubscribe(self)
         self._stop.set()
         for w in [self._style, self._header, self._final, *self._cards, self._cards_box, self.widget]: w.close()
 
