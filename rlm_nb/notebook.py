@@ -204,11 +204,18 @@ def export(source, # an `RLMResult`, a `Session`, or the path of a JSONL trace o
     try:
         nb = nbformat.from_dict(redact(to_notebook(s, values, embed_limit, staging, setup and redact(setup), sidecar.name)))
         nbformat.validate(nb)
+        old = path.parent/f".{sidecar.name}.{os.getpid()}.old"
         try:
             nbformat.write(nb, tmp)
-            if sidecar.exists(): shutil.rmtree(sidecar)
-            if staging.exists(): staging.rename(sidecar)
-            os.replace(tmp, path)
+            if sidecar.exists(): sidecar.rename(old)
+            try:
+                if staging.exists(): staging.rename(sidecar)
+                os.replace(tmp, path)
+            except OSError:
+                shutil.rmtree(sidecar, ignore_errors=True)
+                if old.exists(): old.rename(sidecar)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
         except OSError as e: raise OSError(f"cannot write {path}: {e.strerror or e}") from None
         except UnicodeEncodeError as e:
             raise ValueError(f"cannot export: the session holds text that is not valid Unicode ({e.reason}: {e.object[e.start:e.end]!r})") from None
