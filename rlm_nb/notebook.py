@@ -185,6 +185,8 @@ def _source(source, inputs:dict|None) -> tuple:
     "(session, input values, setup code) from a result, a session, or a trace or notebook path."
     if isinstance(source, RLMResult): return source.session, {**source.inputs, **(inputs or {})}, source.setup_code
     if isinstance(source, Session): return source, dict(inputs or {}), None
+    if Path(source).suffix == '.ipynb' and not inputs: # a session notebook loads its own inputs: reuse its cell
+        return read_notebook(source), {}, _setup_for(Path(source))
     return load_session(source), dict(inputs or {}), None
 
 def export(source, # an `RLMResult`, a `Session`, or the path of a JSONL trace or a session notebook
