@@ -177,11 +177,11 @@ def cmd_demo(a) -> int:
 
 # %% ../nbs/08_cli.ipynb
 def cmd_export(a) -> int:
-    from rlm_nb.notebook import export, load_session
+    from rlm_nb.notebook import export
     for i in a.input:
         if '=' not in i or not i.split('=', 1)[0].isidentifier(): _die(f"--input takes NAME=PATH, not {i!r}")
     inputs = _contexts(a.input)
-    try: path = export(load_session(a.source), a.output, inputs=inputs, embed_limit=a.embed_limit)
+    try: path = export(a.source, a.output, inputs=inputs or None, embed_limit=a.embed_limit)
     except (ValueError, OSError, TypeError) as e: _die(str(e))
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -149,6 +149,12 @@ def _title(s:Session) -> str:
             "answer from the recorded sub-calls, so this notebook runs offline with no key; `rlm_nb.replay(path)` "
             "reruns it and checks every output.")
 
+def _valid(out:dict) -> dict:
+    "`out` with display data that model code published as a number, say, turned into text, as nbformat requires."
+    if 'data' not in out: return out
+    ok = lambda k, v: 'json' in k or isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+    return {**out, 'data': {k: v if ok(k, v) else str(v) for k, v in out['data'].items()}}
+
 def _iteration_cells(it:Iteration) -> list:
     head = '## Best-effort answer (the budget had run out)' if it.kind == 'fallback' else f'## Iteration {it.index}'
     note = f"\n\n*root model: {it.usage.prompt_tokens:,} + {it.usage.completion_tokens:,} tokens, {it.latency:.1f}s*"
@@ -159,7 +165,7 @@ def _iteration_cells(it:Iteration) -> list:
         code = c.code if c.status not in ('timeout', 'died', 'interrupted') else f"{SKIP_MAGIC} {c.status} after {c.duration:.1f}s in the original run\n{c.code}"
         meta = {'rlm_nb': {'cell': {k: v for k, v in c.to_dict().items() if k not in ('code', 'outputs', 'execution_count')}}}
         if c.status == 'error': meta['tags'] = ['raises-exception']
-        cells.append(new_code_cell(code, outputs=[nbformat.from_dict(o) for o in c.outputs], execution_count=c.execution_count, metadata=meta))
+        cells.append(new_code_cell(code, outputs=[nbformat.from_dict(_valid(o)) for o in c.outputs], execution_count=c.execution_count, metadata=meta))
     return cells
 
 def to_notebook(s:Session, values:dict|None=None, embed_limit:int=100_000, sidecar:Path|None=None, setup:str|None=None,
@@ -205,7 +211,8 @@ def export(source, # an `RLMResult`, a `Session`, or the path of a JSONL trace o
     staging = path.parent/f".{sidecar.name}.{os.getpid()}.tmp" # the inputs of an earlier export stay until this one is done
     try:
         nb = nbformat.from_dict(redact(to_notebook(s, values, embed_limit, staging, setup and redact(setup), sidecar.name)))
-        nbformat.validate(nb)
+        try: nbformat.validate(nb)
+        except nbformat.ValidationError as e: raise ValueError(f"cannot export: the notebook would not be valid ({e.message})") from None
         old = path.parent/f".{sidecar.name}.{os.getpid()}.old"
         try:
             nbformat.write(nb, tmp)
@@ -335,6 +342,7 @@ def fork(source, # a session notebook, a trace path, a `Session` or an `RLMResul
             setup = f"_rlm_notebook_dir = {str(tmp)!r}\n" + inputs_code(s, values, 100_000, tmp/'inputs')[0]
     try:
         done = [i for i in s.iterations if i.kind == 'turn']
+        if not done: raise ValueError("the session has no iterations to fork from")
         if not isinstance(at, int) or not 1 <= at <= len(done):
             raise ValueError(f"at must be an iteration number from 1 to {len(done)}, not {at!r}")
         if done[at - 1].final is not None:

@@ -23,7 +23,7 @@ def markdown_html(text:str) -> str:
     global _md
     if _md is None:
         from markdown_it import MarkdownIt
-        _md = MarkdownIt('commonmark', {'html': False}).enable('table')
+        _md = MarkdownIt('commonmark', {'html': False}).enable('table').disable('image') # a remote image would leak data in its URL
     return _md.render(text)
 
 @functools.lru_cache(maxsize=1024) # a running card is redrawn often; its code is not

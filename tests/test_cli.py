@@ -116,3 +116,37 @@ def test_context_path_with_equals_sign_and_bad_json_are_clean_errors(tmp_path, s
     for name in ('class', 'llm_query', 'len'):
         r = rlm_nb('run', '-m', 'openai/root', '--api-base', srv.url, '-c', f'{name}={weird}', '--query', 'q?')
         assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Found in review: each of these failed before its fix
+
+def test_an_input_named_query_works_and_an_underscore_name_is_a_one_line_error(tmp_path, server):
+    data = tmp_path/'q.txt'
+    data.write_text('hello')
+    srv = server(route(["```repl\nFINAL(query)\n```"]))
+    r = rlm_nb('run', '-m', 'openai/root', '--api-base', srv.url, '--context', f'query={data}', '--query', 'q?', '--quiet')
+    assert r.returncode == 0 and r.stdout.strip() == 'hello', r.stderr
+    for name in ('_resume', '_parent'):
+        r = rlm_nb('run', '-m', 'openai/root', '--api-base', srv.url, '--context', f'{name}={data}', '--query', 'q?')
+        assert r.returncode == 2, r.stderr
+        assert repr(name) in r.stderr and 'underscore' in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert len(srv.requests) == 1
+
+
+@pytest.mark.parametrize('text', ['[1, 2]\n', json.dumps({'type': 'session_started', 'session': {'model': 'x'}}) + '\n'],
+                         ids=['not_an_object', 'session_missing_fields'])
+def test_a_malformed_trace_is_a_one_line_error(tmp_path, text):
+    from rlm_nb import load_session
+    trace = tmp_path/'bad.jsonl'
+    trace.write_text(text)
+    with pytest.raises(ValueError) as e: load_session(trace)
+    assert 'bad.jsonl' in str(e.value) and '\n' not in str(e.value).strip()
+    out = tmp_path/'out'
+    out.mkdir()
+    r = rlm_nb('export', str(trace), '-o', str(out/'z.ipynb'))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert 'bad.jsonl' in r.stderr and 'Traceback' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(out.iterdir()) == []

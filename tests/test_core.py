@@ -619,3 +619,17 @@ def test_a_child_that_stops_without_FINAL_raises_in_the_parent():
     res = RLM(ScriptedLM([code, "FINAL(done)"]), ScriptedLM(lambda m: 'no code here'), verbose=False)('q', context='c')
     assert 'the child RLM stopped without FINAL' in res.session.cells[0].text
     assert res.session.subcalls[0].kind == 'rlm' and res.session.subcalls[0].usage.calls > 0
+
+
+def test_an_input_may_be_named_query():
+    res = scripted(["```repl\nFINAL(query + ' / ' + context)\n```"])('the question', context='c', query='an input')
+    assert res.answer == 'an input / c' and res.session.query == 'the question'
+
+
+@pytest.mark.parametrize('name', ['_resume', '_parent', '_x'])
+def test_an_input_name_starting_with_an_underscore_is_refused_before_any_kernel_starts(monkeypatch, name):
+    import rlm_nb.core
+    monkeypatch.setattr(rlm_nb.core.KernelREPL, 'start', lambda self: pytest.fail('a kernel was started'))
+    with pytest.raises(ValueError, match=re.escape(repr(name)) + '.*underscore') as e:
+        scripted(["```repl\nFINAL(1)\n```"])('q', context='c', **{name: 'v'})
+    assert '\n' not in str(e.value)

@@ -413,3 +413,41 @@ def test_line_magic_defaults_show_a_model_from_RLM_MODEL(ip, monkeypatch, no_ker
     monkeypatch.setenv('RLM_MODEL', 'openai/env-model')
     r, cap = run(ip, "%rlm")
     assert "'openai/env-model' (from RLM_MODEL)" in cap.stdout, cap.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Found in review: each of these failed before its fix
+
+@pytest.mark.parametrize('specs, name', [('-c {tmp}/a/log.txt -c {tmp}/b/log.txt', 'log'),
+                                         ('-c data=v1 -c data=v2', 'data')])
+def test_the_same_input_name_twice_is_a_one_line_usage_error(ip, server, no_kernel, tmp_path, specs, name):
+    for sub in ('a', 'b'):
+        (tmp_path/sub).mkdir()
+        (tmp_path/sub/'log.txt').write_text(f'{sub} log')
+    srv = server(script([repl("FINAL(1)")]))
+    configure(ip, model='openai/scripted', api_base=srv.url)
+    ip.user_ns.update(v1='one', v2='two')
+    r, cap = run(ip, f"%%rlm --no-widget {specs.format(tmp=tmp_path)}\nq")
+    assert_one_line_usage_error(r, cap, repr(name))
+    assert not no_kernel and not srv.requests
+
+
+def test_a_file_named_query_becomes_an_input_named_query(ip, server, tmp_path):
+    (tmp_path/'query.txt').write_text('hello from the file')
+    srv = server(script([repl("FINAL(query)")]))
+    configure(ip, model='openai/scripted', api_base=srv.url)
+    r, cap = run(ip, f"%%rlm --no-widget -c {tmp_path}/query.txt\nWhat does it say?")
+    assert r.error_in_exec is None, f"{r.error_in_exec!r}\n{cap.stderr}"
+    res = ip.user_ns['_rlm']
+    assert res.stop_reason == 'final' and res.answer == 'hello from the file'
+    assert [i['name'] for i in res.session.inputs] == ['query'] and res.session.query == 'What does it say?'
+
+
+@pytest.mark.parametrize('name', ['_resume', '_parent'])
+def test_an_input_name_starting_with_an_underscore_is_a_one_line_usage_error(ip, server, no_kernel, name):
+    srv = server(script([repl("FINAL(1)")]))
+    configure(ip, model='openai/scripted', api_base=srv.url)
+    ip.user_ns['doc'] = DOC
+    r, cap = run(ip, f"%%rlm --no-widget -c {name}=doc\nq")
+    assert_one_line_usage_error(r, cap, repr(name), 'underscore')
+    assert not no_kernel and not srv.requests

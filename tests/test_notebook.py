@@ -629,3 +629,152 @@ def test_exported_notebook_runs_under_jupyter_nbconvert_execute(runs, exported, 
     assert p.returncode == 0, p.stderr[-3000:]
     ran, session = rlm_code_cells(read(tmp_path/'ran.ipynb')), runs('final').res.session
     assert [stream_text(c.outputs) for c in ran] == [stream_text(c.outputs) for c in session.cells]
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. Found in review: each of these failed before its fix
+
+SERVICE_TOKEN = 'tok-9f3a71c2e8b54d06aa'
+DB_PASSWORD = 'hunter22pw'
+
+def test_export_scrubs_secrets_before_recording_so_no_hash_of_them_and_the_notebook_still_replays(server, monkeypatch, tmp_path):
+    from rlm_nb.bridge import prompt_hash
+    from rlm_nb.events import redact
+    monkeypatch.setenv('MY_SERVICE_TOKEN', SERVICE_TOKEN)
+    monkeypatch.setenv('AWS_DEFAULT_REGION', 'eu-west-1b')  # secret-ish names holding ordinary data
+    monkeypatch.setenv('GITHUB_SERVER_URL', 'https://github.com')
+    ctx = ("deploy to eu-west-1b failed, see https://github.com/org/repo/issues/1\n"
+           f"auth {SERVICE_TOKEN} then ERROR connecting to postgres://admin:{DB_PASSWORD}@db.internal/prod")
+    srv = server(script(["Ask about it.\n" + repl("r = llm_query('Explain: ' + context)\nprint(r)"), "Done.\n" + repl("FINAL(r)")],
+                        lambda p: 'a failed login'))
+    res = rlm(srv)("What went wrong?", context=ctx)
+    assert res.stop_reason == 'final' and res.answer == 'a failed login'
+    prompt = res.session.subcalls[0].prompt
+    assert SERVICE_TOKEN in prompt and DB_PASSWORD in prompt  # the secrets really were in the run
+    (tmp_path/'out').mkdir()
+    path = Path(res.export(tmp_path/'out'/'s.ipynb'))
+    text = path.read_text()
+    for secret in (SERVICE_TOKEN, DB_PASSWORD, prompt_hash(prompt)):
+        assert secret not in text, f"{secret!r} is in the exported notebook"
+    assert 'eu-west-1b' in text and 'https://github.com/org/repo/issues/1' in text  # ordinary data is kept
+    assert listing(tmp_path/'out') == ['s.ipynb']
+    assert rlm_nb.replay(path).ok  # the hashes are of the prompts the notebook replays
+    ran = run_with_nbclient(path, tmp_path/'run')  # a ReplayMismatch in the shim would raise CellExecutionError here
+    assert stream_text(rlm_code_cells(ran)[0].outputs) == 'a failed login\n'
+    # the same at the function level: only values of key-like names go
+    env = {'AWS_DEFAULT_REGION': 'eu-west-1b', 'GITHUB_SERVER_URL': 'https://github.com', 'MY_SERVICE_TOKEN': SERVICE_TOKEN}
+    assert redact(f"region eu-west-1b at https://github.com/x with {SERVICE_TOKEN}", env=env) == \
+           "region eu-west-1b at https://github.com/x with [REDACTED]"
+
+
+def test_fork_reloads_the_inputs_after_the_kernel_restarts_in_the_continuation(exported, server):
+    def root(body):
+        if turn(body) == 3: return "Something risky.\n" + repl("import os; os._exit(1)")
+        if turn(body) == 4: return "Again.\n" + repl("print(len(context))\nFINAL(len(context))")
+        return Fault(400, message=f'unexpected root turn {turn(body)}')
+    srv = server(script(root))
+    res = rlm_nb.fork(exported('final'), at=2, model='openai/root', sub_model='openai/sub', api_base=srv.url, verbose=False)
+    died, after = res.session.cells[-2:]
+    assert died.status == 'died'
+    assert after.status == 'ok' and after.text == f'{len(CTX)}\n', after.text
+    assert res.stop_reason == 'final' and res.answer == str(len(CTX))
+
+
+def test_replay_restarts_the_kernel_where_the_recorded_kernel_died(server, tmp_path):
+    srv = server(script(["Set it.\n" + repl("x = 1\nprint('set')"), "Crash.\n" + repl("import os; os._exit(1)"),
+                         "Check.\n" + repl("print('x' in globals())"), repl("FINAL('ok')")]))
+    res = rlm(srv)("Does x survive?", context='abc')
+    assert res.answer == 'ok' and [c.status for c in res.session.cells][:3] == ['ok', 'died', 'ok']
+    assert res.session.cells[2].text == 'False\n'  # the restart lost x
+    rr = rlm_nb.replay(res.export(tmp_path/'died.ipynb'))
+    assert rr.ok, [(c.iteration, c.index, stream_text(c.replayed)) for c in rr.differing]
+    assert stream_text(rr.cells[2].replayed) == 'False\n'  # the replay lost it too
+
+
+def test_a_refused_call_then_FINAL_in_the_same_cell_replays_ok(server, tmp_path):
+    srv = server(script(["Ask.\n" + repl("""
+        try: a = llm_query('hello')
+        except Exception as e: a = 'refused'; print(e)
+        FINAL(a)""")]))
+    res = rlm(srv, max_tokens=10)("Greet?", context='abc')
+    assert res.stop_reason == 'final' and res.answer == 'refused'
+    assert 'budget exhausted (max_tokens)' in res.session.cells[0].text and not sub_requests(srv)
+    rr = rlm_nb.replay(res.export(tmp_path/'refusal.ipynb'))
+    assert rr.ok and 'budget exhausted (max_tokens)' in stream_text(rr.cells[0].replayed)
+
+
+def test_an_extra_call_in_the_replay_is_a_mismatch_even_with_max_llm_calls_set(server, tmp_path):
+    data = tmp_path/'lines.txt'
+    data.write_text('alpha\nbeta\n')
+    srv = server(script(["Classify.\n" + repl("""
+        got = []
+        for line in context.splitlines():
+            try: got.append(llm_query('classify ' + line))
+            except Exception: pass
+        print('classified:', bool(got))"""), repl("FINAL('ok')")]))
+    res = rlm(srv, max_llm_calls=100)("Classify the lines", context=data)
+    assert res.stop_reason == 'final' and res.sub_calls == 2
+    path = res.export(tmp_path/'extra.ipynb')
+    data.write_text('alpha\nbeta\ngamma\n')  # the replay makes a third call, which the original never made
+    with pytest.raises(rlm_nb.ReplayMismatch) as e: rlm_nb.replay(path)
+    assert 'classify gamma' in str(e.value) and 'budget exhausted' not in str(e.value)
+
+
+def test_a_failed_export_keeps_an_earlier_export_and_its_inputs_folder(server, tmp_path):
+    srv = server(script(["Look.\n" + repl("print(context[:12])"), "Done.\n" + repl("FINAL('ok')")]))
+    d = tmp_path/'out'
+    d.mkdir()
+    a = rlm(srv)("Which session?", context='SESSION-A ' * 200)
+    a.export(d/'x.ipynb', embed_limit=100)
+    before = {p.relative_to(d): p.read_bytes() for p in d.rglob('*') if p.is_file()}
+    assert (d/'x_inputs').is_dir() and rlm_nb.replay(d/'x.ipynb').ok
+    extra = tmp_path/'extra.txt'
+    extra.write_text('x')
+    b = rlm(srv)("Which session?", context='SESSION-B ' * 200, extra=extra)
+    extra.unlink()  # b's path input is gone: its export fails
+    with pytest.raises((OSError, ValueError)): b.export(d/'x.ipynb', embed_limit=100)
+    assert {p.relative_to(d): p.read_bytes() for p in d.rglob('*') if p.is_file()} == before
+    assert listing(d) == ['x.ipynb', 'x_inputs']
+    rr = rlm_nb.replay(d/'x.ipynb')
+    assert rr.ok and stream_text(rr.cells[0].replayed) == 'SESSION-A SE\n'
+
+
+def test_cli_replay_where_a_cell_kills_the_kernel_is_a_one_line_error(exported, tmp_path):
+    nb = read(exported('final'))
+    rlm_code_cells(nb)[0].source = "import os; os._exit(1)"  # stands in for an out-of-memory crash in the replay
+    path = tmp_path/'killed.ipynb'
+    write(nb, path)
+    p = cli('replay', path)
+    assert p.returncode in (1, 2), p.stdout + p.stderr
+    assert 'Traceback' not in p.stderr, p.stderr
+    errors = [l for l in p.stderr.splitlines() if 'error' in l.lower()]
+    assert len(errors) == 1 and errors[0].startswith('rlm-nb: error:') and p.stderr.strip().splitlines()[-1] == errors[0], p.stderr
+
+
+CUSTOM_PROMPT = 'CUSTOM HOUSE RULES for this Recursive Language Model: answer in French. Inputs: {inputs}'
+
+def test_fork_keeps_the_original_custom_system_prompt(server, tmp_path):
+    srv = server(script(["One.\n" + repl("print(1)"), "Two.\n" + repl("print(2)"), repl("FINAL('ok')")]))
+    res = rlm(srv, system_prompt=CUSTOM_PROMPT)("Count", context='abc')
+    assert res.answer == 'ok'
+    system = messages(root_requests(srv)[0])[0]
+    assert system['role'] == 'system' and system['content'].startswith('CUSTOM HOUSE RULES')
+    path = res.export(tmp_path/'sp.ipynb')
+    srv2 = server(script(lambda body: "Fin.\n" + repl("FINAL('fin')") if turn(body) == 2 else Fault(400, message='unexpected')))
+    f = rlm_nb.fork(path, at=1, model='openai/root', sub_model='openai/sub', api_base=srv2.url, verbose=False)
+    assert f.answer == 'fin'
+    assert messages(root_requests(srv2)[0])[0] == system
+    assert f.session.system_prompt == res.session.system_prompt
+
+
+def test_export_of_an_input_with_a_lone_surrogate_is_a_one_line_error_and_leaves_nothing(tmp_path):
+    from rlm_nb.lm import ScriptedLM  # in-process models: a lone surrogate in the prompt cannot be sent over HTTP
+    root = ScriptedLM(["Measure.\n" + repl("print(len(context))"), repl("FINAL('ok')")])
+    res = rlm_nb.RLM(root, ScriptedLM(lambda m: 'sub'), verbose=False)("How long?", context='name-\udcff.txt')
+    assert res.stop_reason == 'final' and res.answer == 'ok' and res.session.cells[0].status == 'ok'
+    (tmp_path/'out').mkdir()
+    with pytest.raises(ValueError) as e: res.export(tmp_path/'out'/'sur.ipynb')
+    msg = str(e.value)
+    assert not isinstance(e.value, UnicodeError), f"a raw {type(e.value).__name__} from the writer: {msg}"
+    assert 'Unicode' in msg and "'\\udcff'" in msg, msg  # says what is wrong, and shows the character
+    assert '\n' not in msg.strip() and len(msg) < 500, msg
+    assert listing(tmp_path/'out') == []

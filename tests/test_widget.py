@@ -450,3 +450,81 @@ def test_timeline_of_a_finished_session_renders_it(rich):
         assert 'application/vnd.jupyter.widget-view+json' in (bundle[0] if isinstance(bundle, tuple) else bundle)
     finally: t.close()
     assert wait_for(lambda: not timeline_threads())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Found in review: each of these failed before its fix
+
+def test_odd_display_data_cannot_crash_the_run_the_html_or_the_live_timeline():
+    code = repl("""
+        from IPython.display import publish_display_data
+        publish_display_data({'text/plain': 5})
+        publish_display_data({'image/png': ['iVBORw0KGgo=']})
+        publish_display_data({'text/markdown': ['# odd ', 'heading']})
+        print('shown')
+    """)
+    srv = ScriptedServer(script(["Show things.\n" + code, "Done.\n" + repl("FINAL('ok')")])).start()
+    r = rlm(srv)
+    t = Timeline(interval=0.05).attach(r)
+    try:
+        try: res = r("Show odd things", context='c')
+        finally: srv.stop()
+        assert res.stop_reason == 'final' and res.answer == 'ok'
+        cell = res.session.cells[0]
+        assert cell.status == 'ok' and '5\n' in cell.text and 'shown' in cell.text
+        assert [o['data'] for o in cell.outputs if o['output_type'] == 'display_data'] == \
+               [{'text/plain': 5}, {'image/png': ['iVBORw0KGgo=']}, {'text/markdown': ['# odd ', 'heading']}]
+        for html in (render_html(res.session), t.html):
+            dom = parse(html)
+            plain, png, md = displays(html)
+            assert plain.text.strip() == '5'
+            assert png.one('img').attrs['src'] == 'data:image/png;base64,iVBORw0KGgo='
+            assert md.one('h1').text.strip() == 'odd heading'
+            assert dom.one(cls='rlm-header').attrs.get('data-status') == 'final'
+            assert dom.one(cls='rlm-answer').text == 'ok'
+    finally: t.close()
+    assert wait_for(lambda: not timeline_threads())
+
+
+def test_render_html_escapes_markup_in_the_fields_of_a_session_read_from_a_file(rich, tmp_path):
+    import nbformat, rlm_nb
+    res, srv, html = rich
+    payload = '"><img src=x onerror=alert(document.domain)>'
+    path = res.export(tmp_path/'inj.ipynb')
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        m = c.metadata.get('rlm_nb', {})
+        if 'cell' in m:
+            m['cell']['status'] = payload
+            for sc in m['cell']['subcalls']: sc['id'] = payload
+        if 'iteration' in m: m['iteration']['kind'] = payload
+    nbformat.write(nb, tmp_path/'tampered.ipynb')
+    s = rlm_nb.load_session(tmp_path/'tampered.ipynb')
+    assert {c.status for c in s.cells} == {payload} and {it.kind for it in s.iterations} == {payload}
+    assert s.subcalls and {sc.id for sc in s.subcalls} == {payload}
+    tampered = render_html(s)
+    assert '<img src=x' not in tampered
+    dom = parse(tampered)
+    assert not dom.all('img') and not handlers(dom)
+    assert [c.attrs.get('data-status') for c in dom.all('div', 'rlm-cell')] == [payload] * len(s.cells)
+    assert [c.attrs.get('data-kind') for c in cards(dom)] == [payload] * len(s.iterations)
+    assert [x.attrs.get('data-id') for x in dom.all('details', 'rlm-subcall')] == [payload] * len(s.subcalls)
+
+
+def test_a_closed_timeline_stops_listening_to_its_rlm():
+    srv = ScriptedServer(script(lambda body: repl("FINAL('two')" if 'second question' in str(body) else "FINAL('one')"))).start()
+    try:
+        r = rlm(srv)
+        t1 = Timeline(interval=0.05).attach(r)
+        first = r('first question', context='abc')
+        t1.close()
+        html = t1.html
+        t2 = Timeline(interval=0.05).attach(r)
+        try: second = r('second question', context='abc')
+        finally: t2.close()
+    finally: srv.stop()
+    assert (first.answer, second.answer) == ('one', 'two')
+    assert t1.session is first.session and t1.html == html  # the closed timeline was not touched by the second run
+    assert parse(t1.html).one(cls='rlm-answer').text == 'one'
+    assert t2.session is second.session and parse(t2.html).one(cls='rlm-answer').text == 'two'
+    assert wait_for(lambda: not timeline_threads()), f"timeline threads left after close(): {timeline_threads()}"
