@@ -8,8 +8,7 @@ with our measurement where that is possible, because the machines this runs on a
 See benchmarks/README.md for what each row means and why each baseline was chosen.
 """
 from __future__ import annotations
-import argparse, contextlib, math, os, platform, shutil, socketserver, statistics, sys, tempfile, threading, time
-from importlib.metadata import version as _version
+import argparse, contextlib, math, os, shutil, socketserver, sys, tempfile, threading, time
 from pathlib import Path
 
 os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True') # never fetch litellm's price map from the internet
@@ -23,50 +22,17 @@ from rlm_nb.lm import ScriptedLM, LM
 from rlm_nb.testing import ScriptedServer
 from rlm_nb.core import RLM
 
-MB = 1_000_000
-
-# ----------------------------------------------------------------------------------------------- helpers
-def pct(xs, q):
-    "The q-quantile (0..1) of xs, linear interpolation."
-    s = sorted(xs)
-    if not s: return float('nan')
-    k = (len(s) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-def med(xs): return statistics.median(xs)
-
-def ft(s):
-    "A duration, readable."
-    if s != s: return 'n/a'
-    a = abs(s)
-    if a < 1e-3: return f"{s*1e6:.1f} µs"
-    if a < 1: return f"{s*1e3:.2f} ms"
-    return f"{s:.2f} s"
+from report import MB, pct, med, ft, fx, log, facts, Table as _Table
 
 def fmb(b): return f"{b/MB:,.0f} MB"
 
-def fx(r): return 'n/a' if r != r else f"{r:,.0f}x" if r >= 100 else f"{r:.2f}x"
-
-class Table:
-    def __init__(self): self.rows, self.notes = [], []
-
+class Table(_Table):
+    "The bridge table: each row has a target and whether it is met."
+    def __init__(self): super().__init__(('measurement', 'ours', 'baseline', 'ratio', 'target', 'met?'))
     def add(self, what, ours, base, ratio, target='—', met=None):
-        self.rows.append((what, ours, base, ratio, target, 'info' if met is None else ('yes' if met else '**NO**')))
-        print(f"  [{len(self.rows):2d}] {what}: {ours} vs {base} ({ratio})", file=sys.stderr, flush=True)
+        self.row(what, ours, base, ratio, target, 'info' if met is None else ('yes' if met else '**NO**'))
 
-    def note(self, s): self.notes.append(s)
-
-    def render(self) -> str:
-        head = ('measurement', 'ours', 'baseline', 'ratio', 'target', 'met?')
-        w = [max(len(str(r[i])) for r in [head, *self.rows]) for i in range(6)]
-        line = lambda r: '| ' + ' | '.join(str(c).ljust(w[i]) for i, c in enumerate(r)) + ' |'
-        out = [line(head), '|' + '|'.join('-' * (x + 2) for x in w) + '|', *map(line, self.rows)]
-        if self.notes: out += ['', 'Notes:'] + [f"{i}. {n}" for i, n in enumerate(self.notes, 1)]
-        return '\n'.join(out)
-
-def log(msg): print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
+# ----------------------------------------------------------------------------------------------- helpers
 def _reset_hwm() -> bool:
     "Reset this process's VmHWM (Linux: write 5 to clear_refs), so VmHWM becomes an exact peak from now on."
     try:
@@ -516,23 +482,9 @@ def bench_context(T: Table, sizes, reps: dict, tmp: Path):
                    + (f"; describe_input (RLM calls it first) {ft(t_desc)}" if kind == 'str' else '') + '.')
 
 # ----------------------------------------------------------------------------------------------- main
-def facts() -> str:
-    def v(p):
-        try: return _version(p)
-        except Exception: return '?'
-    try:
-        import subprocess
-        root = Path(__file__).resolve().parent.parent
-        head = subprocess.run(['git', '-C', str(root), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--', 'rlm_nb'], capture_output=True, text=True).stdout.strip()
-        head = f" (git {head}{', rlm_nb/ modified' if dirty else ''})" if head else ''
-    except Exception: head = ''
-    aff = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return (f"machine: {os.cpu_count()} CPUs ({aff} usable), {psutil.virtual_memory().total / 2**30:.1f} GiB RAM, "
-            f"{platform.platform()}\n"
-            f"python {platform.python_version()} ({sys.executable}); ipykernel {v('ipykernel')}, jupyter_client "
-            f"{v('jupyter_client')}, pyzmq {v('pyzmq')}, ipython {v('ipython')}, litellm {v('litellm')}, rlm_nb {v('rlm_nb')}{head}\n"
-            f"Numbers are medians unless a row says p90; every baseline is measured in this same run.")
+def machine() -> str:
+    return facts(['ipykernel', 'jupyter_client', 'pyzmq', 'ipython', 'litellm'],
+                 "Numbers are medians unless a row says p90; every baseline is measured in this same run.")
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -541,7 +493,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     q = a.quick
     started = time.perf_counter()
-    print(facts(), flush=True)
+    print(machine(), flush=True)
     T = Table()
     tmp = Path(tempfile.mkdtemp(prefix='rlm_nb-bench-'))
     try:

@@ -15,13 +15,11 @@ thread redrawing; C. back to back, with a redraw run whenever a virtual clock (t
 --quick) against one batching 64. Browser side: load, open a folded card, open a sub-call, apply a live update.
 """
 from __future__ import annotations
-import argparse, contextlib, heapq, json, math, os, platform, shutil, statistics, sys, tempfile, threading, time
-from importlib.metadata import version as _version
+import argparse, contextlib, heapq, json, os, shutil, sys, tempfile, threading, time
 from pathlib import Path
 
 os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True') # never fetch litellm's price map from the internet
 
-import psutil
 import ipywidgets
 from rlm_nb.events import (Session, Iteration, CodeCell, SubCall, Usage, Final, EventStream, SessionStarted,
                            IterationStarted, ModelReplied, CellStarted, CellOutput, CellFinished, SubCallStarted,
@@ -29,58 +27,25 @@ from rlm_nb.events import (Session, Iteration, CodeCell, SubCall, Usage, Final, 
 import rlm_nb.widget as W
 from rlm_nb.widget import Timeline, render_html, _css
 
-KB, MB = 1_000, 1_000_000
+from report import KB, MB, pct, med, ft, fx, log, facts, Table as _Table
 CHROMIUM = Path('/usr/bin/chromium')
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
                  '--disable-component-update', '--disable-sync', '--no-first-run']
 
 # ----------------------------------------------------------------------------------------------- helpers
-def med(xs): return statistics.median(xs)
-
-def pct(xs, q):
-    "The q-quantile (0..1) of xs, linear interpolation."
-    s = sorted(xs)
-    if not s: return float('nan')
-    k = (len(s) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-def ft(s):
-    "A duration, readable."
-    if s != s: return 'n/a'
-    a = abs(s)
-    if a < 1e-3: return f"{s*1e6:.0f} µs"
-    if a < 1: return f"{s*1e3:.1f} ms"
-    return f"{s:.2f} s"
-
 def fb(b):
     "A byte count, readable."
     if b >= MB: return f"{b/MB:.2f} MB"
     if b >= KB: return f"{b/KB:.1f} kB"
     return f"{b:.0f} B"
 
-def fx(r): return 'n/a' if r != r else f"{r:,.0f}x" if r >= 100 else f"{r:.2f}x"
-
 def ratio(a, b): return a / b if b else float('nan')
 
-class Table:
-    def __init__(self): self.rows, self.notes = [], []
+class Table(_Table):
+    "The timeline table: the big session against the small one, with a note."
+    def __init__(self): super().__init__(('measurement', '50 it / 500 sub-calls', 'small baseline', 'ratio', 'note'))
+    def add(self, what, big, small, ratio_, note=''): self.row(what, big, small, ratio_, note)
 
-    def add(self, what, big, small, ratio_, note=''):
-        self.rows.append((what, big, small, ratio_, note))
-        print(f"  [{len(self.rows):2d}] {what}: {big} vs {small} ({ratio_})", file=sys.stderr, flush=True)
-
-    def note(self, s): self.notes.append(s)
-
-    def render(self) -> str:
-        head = ('measurement', '50 it / 500 sub-calls', 'small baseline', 'ratio', 'note')
-        w = [max(len(str(r[i])) for r in [head, *self.rows]) for i in range(5)]
-        line = lambda r: '| ' + ' | '.join(str(c).ljust(w[i]) for i, c in enumerate(r)) + ' |'
-        out = [line(head), '|' + '|'.join('-' * (x + 2) for x in w) + '|', *map(line, self.rows)]
-        if self.notes: out += ['', 'Notes:'] + [f"{i}. {n}" for i, n in enumerate(self.notes, 1)]
-        return '\n'.join(out)
-
-def log(msg): print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 # ----------------------------------------------------------------------------------------------- the synthetic session
 WORDS = ('charge invoice refund card ticket customer duplicate payment gateway retry timeout order account '
@@ -628,23 +593,9 @@ def bench_browser(T: Table, host: dict, reps: int, tmp: Path):
            f"style + layout figure is the work itself (forced with offsetHeight right after the change). Medians of {reps}.")
 
 # ----------------------------------------------------------------------------------------------- main
-def facts() -> str:
-    def v(p):
-        try: return _version(p)
-        except Exception: return '?'
-    try:
-        import subprocess
-        root = Path(__file__).resolve().parent.parent
-        head = subprocess.run(['git', '-C', str(root), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--', 'rlm_nb'], capture_output=True, text=True).stdout.strip()
-        head = f" (git {head}{', rlm_nb/ modified' if dirty else ''})" if head else ''
-    except Exception: head = ''
-    aff = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return (f"machine: {os.cpu_count()} CPUs ({aff} usable), {psutil.virtual_memory().total / 2**30:.1f} GiB RAM, "
-            f"{platform.platform()}\n"
-            f"python {platform.python_version()}; ipywidgets {v('ipywidgets')}, pygments {v('pygments')}, markdown-it-py "
-            f"{v('markdown-it-py')}, playwright {v('playwright')}, rlm_nb {v('rlm_nb')}{head}\n"
-            f"Numbers are medians unless a row says otherwise; every baseline is measured in this same run.")
+def machine() -> str:
+    return facts(['ipywidgets', 'pygments', 'markdown-it-py', 'playwright'],
+                 "Numbers are medians unless a row says otherwise; every baseline is measured in this same run.")
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -653,7 +604,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     q = a.quick
     started = time.perf_counter()
-    print(facts(), flush=True)
+    print(machine(), flush=True)
     T = Table()
     tmp = Path(tempfile.mkdtemp(prefix='rlm_nb-bench-widget-'))
     try:
