@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_notebook.ipynb 3
 from __future__ import annotations
-import ast, base64, inspect, json, os, pickle, re, tempfile, shutil, difflib, textwrap
+import ast, base64, inspect, json, os, pickle, tempfile, shutil, difflib, textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 import nbformat

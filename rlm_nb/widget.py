@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_widget.ipynb 3
 from __future__ import annotations
-import html, re, threading, time, base64, functools
+import html, re, threading, base64, functools
 from .events import *
 from .core import RLMResult, turns
 
