@@ -157,6 +157,7 @@ def final_html(s:Session) -> str:
     return f'<div class="rlm-final" data-stop-reason="{_e(reason)}"><b>Answer</b>{source}{why}{answer}</div>'
 
 # %% ../nbs/06_widget.ipynb
+@functools.cache # the same for every timeline; pygments builds it from its style each time
 def _css() -> str:
     from pygments.formatters import HtmlFormatter
     return ("""<style>
