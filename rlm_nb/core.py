@@ -4,18 +4,19 @@
 
 # %% ../nbs/04_core.ipynb 3
 from __future__ import annotations
-import ast, re, sys, time, json, tempfile, shutil, keyword, builtins
+import ast, re, os, sys, time, json, tempfile, shutil, keyword, builtins, signal, threading, difflib, inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from .kernel import KernelREPL, CellResult
 from .bridge import Bridge, InputFile, install_code, write_input, describe_input, tool_spec, Recording, recording_units, replay_handler
-from .lm import as_lm, model_name, check_model, ModelError, CompletionCache, LM, ScriptedLM
+from .lm import as_lm, model_name, check_model, ModelError, CompletionCache, LM, ScriptedLM, _litellm
 from .events import *
 
 # %% auto 0
-__all__ = ['SYSTEM_PROMPT', 'system_prompt', 'first_message', 'Reply', 'parse_reply', 'turns', 'Budget', 'truncate', 'RLMResult',
-           'RLM', 'refusal_of', 'replay_cell', 'comparable_outputs', 'Resume']
+__all__ = ['SYSTEM_PROMPT', 'COMPACT_AT', 'COMPACT_ASK', 'ANSWER_NOW', 'system_prompt', 'first_message', 'is_empty_code', 'Reply',
+           'parse_reply', 'turns', 'Budget', 'truncate', 'RLMResult', 'RLM', 'is_repeat', 'complete_by',
+           'is_window_error', 'fit_messages', 'refusal_of', 'replay_cell', 'comparable_outputs', 'Resume']
 
 # %% ../nbs/04_core.ipynb
 SYSTEM_PROMPT = """You are the root of a Recursive Language Model (RLM). You answer a question about inputs that are \
@@ -67,8 +68,11 @@ def first_message(query:str, inputs:list) -> str:
 
 # %% ../nbs/04_core.ipynb
 _FENCE = re.compile(r'^[ \t]*```([\w+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$', re.S | re.M)
+_OPEN_FENCE = re.compile(r'^[ \t]*```([\w+-]*)[^\n]*$', re.M)
+_THINK = re.compile(r'<think>.*?(</think>|\Z)', re.S | re.I)
 _RUNNABLE = {'repl', 'python', 'py', 'python3', 'ipython'}
-_FINAL_START = re.compile(r'^[ \t]*(FINAL_VAR|FINAL)\(', re.M)
+_FINAL_START = re.compile(r'^[ \t>*_`]*(FINAL_VAR|FINAL)\(', re.M)
+_DECOR = ' \t*_`.'
 
 def _text_final_span(text:str) -> tuple|None:
     "(kind, argument) of a FINAL(...) that starts a line and closes at the end of a line, possibly a later one."
@@ -77,36 +81,53 @@ def _text_final_span(text:str) -> tuple|None:
     rest, depth, ends = text[m.end():], 1, []
     for i, ch in enumerate(rest):
         depth += (ch == '(') - (ch == ')')
-        if ch == ')' and not rest[i + 1:].split('\n', 1)[0].strip():
+        if ch == ')' and not rest[i + 1:].split('\n', 1)[0].strip(_DECOR):
             if depth <= 0: return m[1], rest[:i]
             ends.append(i)
     return (m[1], rest[:ends[-1]]) if ends else None
+
+def _does_something(code:str) -> bool:
+    "Whether a bare-fenced block is Python that acts, rather than quoted text or output."
+    try: tree = ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError): return False
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, (ast.Constant, ast.Name))) for n in tree.body)
+
+def is_empty_code(code:str) -> bool:
+    "A block with nothing to run: blank or only comments."
+    try: return not ast.parse(code).body
+    except (SyntaxError, ValueError, MemoryError, RecursionError): return False # IPython syntax, or an error the model should see
 
 @dataclass
 class Reply:
     "A root-model reply, taken apart."
     code: list # the runnable blocks, in order
-    reasoning: str # the text with all fenced blocks removed
+    reasoning: str # the text with all fenced blocks (and <think> blocks) removed
     final: tuple|None # ('FINAL', text) or ('FINAL_VAR', name) found outside code
     fenced_final: bool # FINAL appears inside a fence that does not run
+    unclosed: str|None = None # the language of a code fence that was opened and never closed
 
 def _literal(s:str) -> str:
     s = s.strip()
-    try:
-        v = ast.literal_eval(s)
-        return v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    except (ValueError, SyntaxError, MemoryError, RecursionError): return s
+    try: v = ast.literal_eval(s)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError): return s
+    if isinstance(v, tuple): return s # FINAL(1,000) is the text "1,000", not (1, 0)
+    return v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 def parse_reply(text:str) -> Reply:
     "Split a reply into runnable code, reasoning and any text FINAL."
+    text = _THINK.sub('', text)
     code, fenced_final = [], False
     for lang, body in _FENCE.findall(text):
-        if lang.lower() in _RUNNABLE: code.append(body.strip('\n'))
+        body = body.strip('\n')
+        if lang.lower() in _RUNNABLE or (not lang and _does_something(body)): code.append(body)
         elif 'FINAL' in body: fenced_final = True
     reasoning = _FENCE.sub('', text).strip()
+    opened = _OPEN_FENCE.search(reasoning)
+    unclosed = (opened[1] or 'plain') if opened else None
+    if opened: reasoning = reasoning[:opened.start()].rstrip() # what follows an open fence is code, not prose
     m, final = _text_final_span(reasoning), None
     if m: final = (m[0], _literal(m[1]).strip('\'" ') if m[0] == 'FINAL_VAR' else _literal(m[1]))
-    return Reply(code, reasoning, final, fenced_final)
+    return Reply(code, reasoning, final, fenced_final, unclosed)
 
 # %% ../nbs/04_core.ipynb
 def turns(s:Session) -> int: return sum(i.kind == 'turn' for i in s.iterations)
@@ -116,15 +137,19 @@ class Budget:
     "Limits for one session; `None` means unlimited."
     max_iterations:int|None = 20
     max_llm_calls:int|None = None # sub-calls: llm_query, each batched prompt, rlm_query
-    max_tokens:int|None = None # root plus sub tokens
+    max_total_tokens:int|None = None # root plus sub tokens over the session
     max_cost:float|None = None # USD of priced calls
     timeout:float|None = None # wall seconds for the session
     max_errors:int|None = 5 # consecutive failed cells
 
+    def deadline(self, started:float) -> float|None:
+        "The monotonic time at which the session must end, if it has a timeout."
+        return None if self.timeout is None else started + self.timeout
+
     def spent(self, usage:Usage, started:float) -> str|None:
         "The budget of tokens, money or time that `usage` and the clock have used up, or None."
         if self.timeout is not None and time.monotonic() - started >= self.timeout: return 'timeout'
-        if self.max_tokens is not None and usage.total_tokens >= self.max_tokens: return 'max_tokens'
+        if self.max_total_tokens is not None and usage.total_tokens >= self.max_total_tokens: return 'max_total_tokens'
         if self.max_cost is not None and usage.known_cost >= self.max_cost: return 'max_cost'
         return None
 
@@ -188,7 +213,7 @@ def _short(s, n=80): return s if s is None or len(s) <= n else s[:n] + '…'
 
 # %% ../nbs/04_core.ipynb
 _RESERVED = {'llm_query', 'llm_query_batched', 'rlm_query', 'FINAL', 'FINAL_VAR', 'SHOW_VARS'}
-_FALLBACK_ASKS = {'max_iterations', 'max_errors', 'max_llm_calls'}
+_FALLBACK_ASKS = {'max_iterations', 'max_errors', 'max_llm_calls', 'repeated', 'context_window'}
 
 class RLM:
     "A Recursive Language Model: a root model that answers by writing code in a dedicated kernel."
@@ -200,11 +225,15 @@ class RLM:
                  sub_api_base:str|None=None, # endpoint for the sub-model, if different
                  max_iterations:int|None=20, # root-model turns
                  max_llm_calls:int|None=None, # sub-calls in the session
-                 max_tokens:int|None=None, # root plus sub tokens
+                 max_total_tokens:int|None=None, # session budget: root plus sub tokens over all turns
                  max_cost:float|None=None, # USD, counting only priced calls
-                 timeout:float|None=None, # wall seconds for the session
+                 timeout:float|None=None, # wall seconds for the session, model calls included
                  cell_timeout:float=120, # seconds one code block may run before it is interrupted
                  max_errors:int|None=5, # consecutive failing code blocks
+                 max_reply_tokens:int|None=None, # cap on each model reply (litellm's max_tokens)
+                 request_timeout:float|None=None, # seconds one model call may take (default: litellm's 600)
+                 context_window:int|None=None, # the root model's window in tokens; litellm's figure by default
+                 max_repeats:int|None=2, # replies in a row that repeat the one before, before the session stops
                  max_output_chars:int=10_000, # output shown to the root model per block (head and tail kept)
                  preview_chars:int=500, # preview of each input in the first message
                  tools:list|None=None, # host functions callable from kernel code
@@ -216,11 +245,17 @@ class RLM:
                  trace:str|Path|None=None, # write every event of each run to this JSONL file
                  kernel_options:dict|None=None, # passed to KernelREPL, e.g. memory_limit
                  **lm_params): # passed to litellm, e.g. temperature=0
+        if 'max_tokens' in lm_params:
+            raise TypeError("RLM(max_tokens=...) is ambiguous: use max_total_tokens= for the session's token budget, "
+                            "or max_reply_tokens= to cap each model reply")
+        if max_reply_tokens is not None: lm_params['max_tokens'] = max_reply_tokens
+        if request_timeout is not None: lm_params['timeout'] = request_timeout
         self.lm_kw = dict(api_base=api_base, api_key=api_key, **lm_params)
         self.root_lm = as_lm(model, **self.lm_kw)
         self.sub_lm = as_lm(sub_model, **{**self.lm_kw, 'api_base': sub_api_base or api_base}) if sub_model is not None else self.root_lm
-        self.budget = Budget(max_iterations, max_llm_calls, max_tokens, max_cost, timeout, max_errors)
+        self.budget = Budget(max_iterations, max_llm_calls, max_total_tokens, max_cost, timeout, max_errors)
         self.cell_timeout, self.max_output_chars, self.preview_chars = cell_timeout, max_output_chars, preview_chars
+        self.context_window, self.max_repeats = context_window, max_repeats
         self.tools, self.concurrency, self.cache, self.max_depth, self.depth = list(tools or []), concurrency, cache, max_depth, 0
         self.system_prompt, self.verbose, self.trace = system_prompt or SYSTEM_PROMPT, verbose, trace
         self.kernel_options = kernel_options or {}
@@ -228,11 +263,14 @@ class RLM:
         for t in self.tools:
             if not callable(t) or not getattr(t, '__name__', '').isidentifier(): raise TypeError(f"tools must be named functions, not {t!r}")
             if t.__name__ in _RESERVED: raise ValueError(f"a tool named {t.__name__!r} would replace the REPL function of that name")
-        for name, v in (('max_iterations', max_iterations), ('max_llm_calls', max_llm_calls), ('max_tokens', max_tokens),
-                        ('max_errors', max_errors), ('max_cost', max_cost), ('timeout', timeout), ('cell_timeout', cell_timeout)):
+        for name, v in (('max_iterations', max_iterations), ('max_llm_calls', max_llm_calls), ('max_total_tokens', max_total_tokens),
+                        ('max_errors', max_errors), ('max_cost', max_cost), ('timeout', timeout), ('cell_timeout', cell_timeout),
+                        ('max_reply_tokens', max_reply_tokens), ('request_timeout', request_timeout),
+                        ('context_window', context_window), ('max_repeats', max_repeats)):
             low = 0 if name == 'max_llm_calls' else 1e-9
-            if v is not None and (not isinstance(v, (int, float)) or v < low):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < low):
                 raise ValueError(f"{name} must be {'zero or more' if low == 0 else 'positive'} (or None for no limit), not {v!r}")
+        if trace is not None: _check_writable(Path(trace))
         self._checked = False
 
     def __repr__(self): return f"RLM(model={model_name(self.root_lm)!r}, sub_model={model_name(self.sub_lm)!r})"
@@ -245,6 +283,13 @@ class RLM:
         for lm in {id(self.root_lm): self.root_lm, id(self.sub_lm): self.sub_lm}.values():
             if isinstance(lm, LM): check_model(lm.model, lm.api_base, lm.api_key)
         self._checked = True
+
+def _check_writable(path:Path):
+    "Raise a one-line ValueError now if the trace file can't be appended to, rather than losing the trace later."
+    try:
+        path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        with open(path.expanduser(), 'a', encoding='utf-8'): pass
+    except OSError as e: raise ValueError(f"the trace file {path} cannot be written: {e.strerror or e}") from None
 
 # %% ../nbs/04_core.ipynb
 def _inputs(context, named:dict) -> dict:
@@ -272,6 +317,9 @@ class _Run:
     def __init__(self, rlm:RLM):
         self.rlm, self.session, self.root_usage = rlm, None, Usage() # root usage kept running, for budget checks
         self.started, self.errors, self.final, self.code_ran = time.monotonic(), 0, None, False
+        self.deadline = rlm.budget.deadline(self.started)
+        self.repeats, self.calls_used_told, self.stop = 0, False, None
+        self.tokens_per_char = 0.25 # updated from each root call's real prompt_tokens
 
     def emit(self, e): self.rlm.events.emit(e)
 
@@ -288,15 +336,19 @@ class _Run:
         return self.rlm.budget.allows_subcalls(n, calls, self.root_usage + sub_usage, self.started)
 
     def exhausted(self, bridge) -> str|None:
-        "The budget that leaves no room for even one more sub-call, if any: the session ends on it."
-        return self.allow(1, bridge.calls, bridge.usage)
+        "The budget the session ends on: tokens, money or time used up, or a sub-call refused with none left."
+        if reason := self.rlm.budget.spent(self.root_usage + bridge.usage, self.started): return reason
+        most = self.rlm.budget.max_llm_calls
+        if bridge.refused == 'max_llm_calls' and most is not None and bridge.calls >= most: return 'max_llm_calls'
+        return None
 
     def child(self, prompt, spec, model):
         "Run a child RLM for rlm_query; returns its answer and usage."
-        r = self.rlm
+        r, kw = self.rlm, dict(self.rlm.lm_kw)
         sub = RLM(model or r.sub_lm, r.sub_lm, verbose=False, cell_timeout=r.cell_timeout, max_output_chars=r.max_output_chars,
-                  tools=r.tools, concurrency=r.concurrency, cache=r.cache, max_depth=r.max_depth,
-                  kernel_options=r.kernel_options, **r.lm_kw)
+                  tools=r.tools, concurrency=r.concurrency, cache=r.cache, max_depth=r.max_depth, context_window=r.context_window,
+                  max_repeats=r.max_repeats, kernel_options=r.kernel_options, max_reply_tokens=kw.pop('max_tokens', None),
+                  request_timeout=kw.pop('timeout', None), **kw)
         sub.budget, sub.depth = Budget(**{**vars(r.budget), 'timeout': None if r.budget.timeout is None else
                                           max(1.0, r.budget.timeout - (time.monotonic() - self.started))}), r.depth + 1
         res = _run(sub, prompt, None if spec is None else InputFile(**spec), {}, parent=self.session.id)
@@ -305,10 +357,35 @@ class _Run:
         return res.answer or '', res.usage, error
 
 # %% ../nbs/04_core.ipynb
+_OWNER = '.rlm_nb-owner'
+
+def _clean_stale_sessions(root:str|None=None):
+    "Remove session directories whose host process is gone (killed before it could clean up)."
+    for d in Path(root or tempfile.gettempdir()).glob('rlm_nb-session-*'):
+        try: pid = int((d/_OWNER).read_text())
+        except (OSError, ValueError): continue
+        try: os.kill(pid, 0)
+        except ProcessLookupError: shutil.rmtree(d, ignore_errors=True)
+        except OSError: pass # alive, under another user
+
+class _Deferred:
+    "Hold SIGINT, SIGTERM and SIGHUP while the session is written down, so a second Ctrl-C can't lose the record."
+    def __enter__(self):
+        self.saved, self.got = {}, []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
+                if sig is not None: self.saved[sig] = signal.signal(sig, lambda n, f: self.got.append(n))
+        return self
+    def __exit__(self, *exc):
+        for sig, h in self.saved.items(): signal.signal(sig, h)
+        later = [n for n in self.got if n != signal.SIGINT] # a second Ctrl-C asked to stop, and we are stopping
+        if later: signal.raise_signal(later[0])
+
 def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume:Resume|None=None) -> RLMResult:
     if not isinstance(query, str) or not query.strip(): raise ValueError("the question must be a non-empty string")
     values, _resume = _inputs(context, inputs), resume
     self.check()
+    if self.trace: _check_writable(Path(self.trace))
     run = _Run(self)
     descs = _resume.session.inputs if _resume else [describe_input(k, v, self.preview_chars) for k, v in values.items()]
     tools = [tool_spec(t) for t in self.tools]
@@ -322,8 +399,11 @@ def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume
     subs = []
     if self.verbose: subs.append(self.events.subscribe(ProgressPrinter()))
     if self.trace: subs.append(self.events.subscribe(TraceWriter(self.trace)))
+    _clean_stale_sessions()
     workdir = Path(tempfile.mkdtemp(prefix='rlm_nb-session-'))
+    (workdir/_OWNER).write_text(str(os.getpid()))
     bridge = repl = None
+    exiting = None
     try:
         self.events.emit(SessionStarted(s))
         specs = [write_input(v, workdir, k) for k, v in values.items()]
@@ -341,21 +421,25 @@ def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume
         _loop(self, run, repl, bridge)
     except KeyboardInterrupt:
         s.stop_reason = 'interrupted'
+    except SystemExit as e: # SIGTERM while a kernel runs: record the session, then exit as asked
+        s.stop_reason, exiting = 'interrupted', e
     except ModelError as e:
-        s.stop_reason = 'model_error'
-        self.events.emit(Notice(str(e), 'error'))
+        s.stop_reason = _model_stop(run, e)
+        self.events.emit(Notice(str(e), 'warning' if s.stop_reason == 'timeout' else 'error'))
     finally:
         s.stop_reason = s.stop_reason or 'error'
         try:
             if s.final is None: s.final = _fallback(self, run, repl, bridge)
         except KeyboardInterrupt: pass
         finally:
-            if repl is not None: repl.shutdown()
-            if bridge is not None: bridge.close()
-            shutil.rmtree(workdir, ignore_errors=True)
-        s.ended = time.time()
-        self.events.emit(SessionEnded(s))
-        for fn in subs: self.events.unsubscribe(fn)
+            with _Deferred():
+                if repl is not None: repl.shutdown()
+                if bridge is not None: bridge.close()
+                shutil.rmtree(workdir, ignore_errors=True)
+                s.ended = time.time()
+                self.events.emit(SessionEnded(s))
+                for fn in subs: self.events.unsubscribe(fn)
+    if exiting is not None: raise exiting
     return RLMResult(s, values, _resume.setup if _resume else None)
 
 def _call(self:RLM, query:str, /, context=None, **inputs) -> RLMResult:
@@ -371,9 +455,16 @@ RLM.resume = _resume_from
 
 # %% ../nbs/04_core.ipynb
 def _messages(s:Session, extra:str='') -> list:
-    "The conversation so far, as the root model sees it."
-    msgs = [{'role': 'system', 'content': s.system_prompt}, {'role': 'user', 'content': s.first_message}]
-    for it in s.iterations:
+    "The conversation so far, as the root model sees it: turns after the latest compaction, with its notes."
+    its, first = s.iterations, s.first_message
+    last = max((i for i, it in enumerate(its) if it.kind == 'compaction'), default=None)
+    if last is not None:
+        first += (f"\n\n[Earlier iterations (1 to {its[last].index - 1}) were compacted to keep this conversation within "
+                  f"the model's context window. Your notes on them:]\n{its[last].reasoning}\n[The REPL still holds every "
+                  "variable you made: SHOW_VARS() lists them.]")
+        its = its[last + 1:]
+    msgs = [{'role': 'system', 'content': s.system_prompt}, {'role': 'user', 'content': first}]
+    for it in its:
         if it.kind == 'turn': msgs += [{'role': 'assistant', 'content': it.response}, {'role': 'user', 'content': it.feedback}]
     if extra: msgs[-1] = {**msgs[-1], 'content': msgs[-1]['content'] + '\n\n' + extra}
     return msgs
@@ -381,10 +472,11 @@ def _messages(s:Session, extra:str='') -> list:
 def _cell(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, it:Iteration, k:int, code:str) -> CodeCell:
     "Run one code block and record it."
     bridge.begin_cell(it.index, k)
+    bridge.refused = None # a refusal counts for the block that met it
     run.emit(CellStarted(it.index, k, code))
     timeout = self.cell_timeout
-    if self.budget.timeout is not None:
-        left = max(0.1, self.budget.timeout - (time.monotonic() - run.started))
+    if run.deadline is not None:
+        left = max(0.1, run.deadline - time.monotonic())
         timeout = left if timeout is None else min(timeout, left)
     r = repl.execute(code, timeout=timeout, on_output=lambda o: run.emit(CellOutput(it.index, k, o)))
     text = r.text
@@ -403,6 +495,12 @@ def _resolve_var(repl:KernelREPL, run:_Run, name:str, timeout:float|None) -> Cel
     run.final = None
     return repl.execute(f"FINAL_VAR({name!r})", silent=True, timeout=timeout)
 
+def _named_value(repl, run:_Run, text:str, timeout:float|None) -> Final|None:
+    "For FINAL(name) written as text where `name` is a kernel variable: its value, as FINAL_VAR gives it."
+    if not text.isidentifier() or keyword.iskeyword(text) or repl is None or not repl.is_alive: return None
+    _resolve_var(repl, run, text, timeout)
+    return run.final
+
 def _text_final(repl, run:_Run, reply:Reply, timeout:float|None) -> tuple:
     "(Final or None, note for the model) for a FINAL written outside code."
     kind, val = reply.final
@@ -413,12 +511,15 @@ def _text_final(repl, run:_Run, reply:Reply, timeout:float|None) -> tuple:
         if reply.code:
             return None, ("FINAL(...) was not accepted: you wrote it in the same reply as code whose output you had not "
                           "seen. Read the output above; if it confirms the answer, finish in your next reply.")
-        return Final(val, 'text'), ''
+        return _named_value(repl, run, val, timeout) or Final(val, 'text'), ''
     r = _resolve_var(repl, run, val, timeout)
     if run.final is not None: return run.final, ''
     return None, f"FINAL_VAR({val}) failed:\n```text\n{truncate(r.text.strip(), 2000)}\n```"
 
-def _advice(reply:Reply) -> str:
+def _advice(reply:Reply, empty:int) -> str:
+    if reply.unclosed: return '' # the note on the open fence says what happened
+    if empty: return ("Your code blocks were empty or held only comments, so nothing ran. Write code that does "
+                      "something, or finish with FINAL(answer).")
     if reply.fenced_final:
         return ("FINAL inside a code fence that is not ```repl does not run. Call FINAL(...) in a ```repl block, or "
                 "write FINAL(answer) alone on a line outside code.")
@@ -426,29 +527,70 @@ def _advice(reply:Reply) -> str:
         return "You mentioned FINAL but did not finish: to finish, write FINAL(answer) alone on its own line."
     return "Your reply had no ```repl code block. Write code to explore the inputs, or finish with FINAL(answer)."
 
+def _form_notes(reply:Reply, c, empty:int) -> list:
+    "What the model is told about the shape of its reply: cut off, an unclosed fence, empty blocks."
+    notes = []
+    if getattr(c, 'finish_reason', None) == 'length':
+        where = (f", inside an unfinished ```{reply.unclosed} block, which did not run" if reply.unclosed else '')
+        notes.append(f"Your reply was cut off at {c.usage.completion_tokens:,} tokens by the reply length limit{where}. "
+                     "Write shorter replies: a sentence of reasoning and one small code block.")
+    elif reply.unclosed:
+        notes.append(f"Your reply opened a ```{reply.unclosed} block and never closed it, so that block did not run. "
+                     "End every code block with ``` on a line of its own.")
+    if empty: notes.append(f"{empty} code block(s) were empty or held only comments: they did not run.")
+    return notes
+
+def _norm(t:str) -> str: return ' '.join(_THINK.sub('', t).split())
+
+def is_repeat(a:str, b:str, threshold:float=0.95) -> bool:
+    "Whether reply `b` repeats reply `a`, word for word or nearly (whitespace and thinking ignored)."
+    a, b = _norm(a), _norm(b)
+    if a == b: return True
+    if not a or not b or abs(len(a) - len(b)) > (1 - threshold) * max(len(a), len(b)): return False
+    sm = difflib.SequenceMatcher(None, a[:4000], b[:4000], autojunk=False)
+    return sm.real_quick_ratio() >= threshold and sm.quick_ratio() >= threshold and sm.ratio() >= threshold
+
 def _iteration(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge) -> Iteration:
     s = run.session
     n = turns(s) + 1
+    _compact_if_needed(self, run)
     run.emit(IterationStarted(n))
-    c = self.root_lm.complete(_messages(s))
-    run.root_usage += c.usage
+    c = _ask_root(self, run, lambda: _messages(s))
     if n == 1 and self.budget.max_cost is not None and c.usage.unpriced_calls:
         run.emit(Notice(f"max_cost counts only priced calls, and litellm has no price for {model_name(self.root_lm)}", 'warning'))
     reply = parse_reply(c.text)
     it = Iteration(n, c.text, reply.reasoning, usage=c.usage, latency=c.latency)
+    prev = next((i for i in reversed(s.iterations) if i.kind == 'turn'), None)
+    repeated = prev is not None and is_repeat(prev.response, c.text)
+    run.repeats = run.repeats + 1 if repeated else 0
     s.iterations.append(it)
     run.emit(ModelReplied(it))
-    run.final, notes = None, []
-    for k, code in enumerate(reply.code):
+    if repeated and self.max_repeats is not None and run.repeats >= self.max_repeats:
+        it.feedback = f"This reply repeats your reply in iteration {prev.index} again; its code did not run."
+        run.stop = 'repeated'
+        run.emit(IterationFinished(it))
+        return it
+    blocks = [b for b in reply.code if not is_empty_code(b)]
+    empty = len(reply.code) - len(blocks)
+    run.final, notes = None, _form_notes(reply, c, empty)
+    for k, code in enumerate(blocks):
         _cell(self, run, repl, bridge, it, k, code)
         if run.final is not None or run.exhausted(bridge): break
     if run.final is not None: it.final = run.final
     elif reply.final:
         it.final, note = _text_final(repl, run, reply, self.cell_timeout)
         if note: notes.append(note)
-    elif not reply.code:
-        notes.append(_advice(reply))
+    elif not blocks:
+        if advice := _advice(reply, empty): notes.append(advice)
         run.errors += 1 # a reply that neither runs code nor finishes is a failed turn
+    if repeated:
+        notes.append(f"This reply repeats your reply in iteration {prev.index}. Repeating it will not give a different "
+                     "result: read the output above, then change your approach, or finish with FINAL(answer).")
+    most = self.budget.max_llm_calls
+    if most is not None and bridge.calls >= most and not run.calls_used_told and it.final is None:
+        run.calls_used_told = True
+        notes.append(f"All {most} sub-calls of this session are used: llm_query and rlm_query will be refused from now "
+                     "on. Code that needs no sub-call still runs.")
     parts = [_feedback_for(cell, self.max_output_chars) for cell in it.cells]
     if reason := run.exhausted(bridge): parts.append(f"The session's budget ran out ({reason}).")
     limit = self.budget.max_iterations
@@ -467,36 +609,124 @@ def _loop(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge):
         if it.final is not None:
             s.final, s.stop_reason = it.final, 'final'
             return
-        if reason := run.exhausted(bridge): s.stop_reason = reason; return
+        if reason := run.stop or run.exhausted(bridge): s.stop_reason = reason; return
 
 # %% ../nbs/04_core.ipynb
+COMPACT_AT = 0.75
+COMPACT_ASK = ("The conversation is close to the model's context window, so the turns so far will be replaced by the notes "
+               "you write now. Write them: what the inputs are, what you found (exact values, counts, names, positions), "
+               "which REPL variables hold what, what failed, and what is left to do. No code: nothing in this reply runs, "
+               "and the REPL keeps every variable.")
+_WINDOW_ERROR = re.compile(r'context.{0,20}(length|window|size)|maximum context|too many tokens|prompt is too long|'
+                           r'exceeds the available context', re.I)
+
+def _takes_deadline(lm) -> bool:
+    try: return 'deadline' in inspect.signature(lm.complete).parameters
+    except (TypeError, ValueError): return False
+
+def complete_by(lm, messages, deadline:float|None=None):
+    "Call `lm` with a deadline when it takes one (a user's own model object may not)."
+    return lm.complete(messages, deadline=deadline) if deadline is not None and _takes_deadline(lm) else lm.complete(messages)
+
+def is_window_error(e:BaseException) -> bool:
+    "Whether a model error says the request did not fit the model's context window."
+    cause = getattr(e, '__cause__', None)
+    return type(cause).__name__ == 'ContextWindowExceededError' or bool(_WINDOW_ERROR.search(str(e)))
+
+def _window(self:RLM) -> int|None:
+    if self.context_window: return self.context_window
+    if not isinstance(self.root_lm, LM): return getattr(self.root_lm, 'context_window', None)
+    if not hasattr(self, '_model_window'):
+        try: self._model_window = _litellm().get_model_info(self.root_lm.model).get('max_input_tokens')
+        except Exception: self._model_window = None
+    return self._model_window
+
+def _chars(msgs) -> int: return sum(len(str(m.get('content', ''))) for m in msgs)
+
+def fit_messages(msgs:list, max_chars:int, keep:int=2) -> list:
+    "`msgs` with the longest contents after the first `keep` shortened (middle cut) until all fit in `max_chars`."
+    msgs = [dict(m) for m in msgs]
+    while (excess := _chars(msgs) - max_chars) > 0:
+        i = max(range(keep, len(msgs)), key=lambda j: len(str(msgs[j]['content'])), default=None)
+        size = len(str(msgs[i]['content'])) if i is not None else 0
+        if size <= 500: break # nothing long is left to cut
+        msgs[i]['content'] = truncate(str(msgs[i]['content']), max(400, size - excess - 200))
+    return msgs
+
+def _ask_root(self:RLM, run:_Run, build:Callable, kind:str='turn'):
+    "One root call on the conversation `build()` returns; a window overflow compacts once and tries again."
+    try: c = complete_by(self.root_lm, build(), run.deadline)
+    except ModelError as e:
+        if kind != 'turn' or not is_window_error(e) or not _compact(self, run, forced=True): raise
+        c = complete_by(self.root_lm, build(), run.deadline)
+    run.root_usage += c.usage
+    sent = _chars(build())
+    if c.usage.prompt_tokens and sent: run.tokens_per_char = c.usage.prompt_tokens / sent
+    return c
+
+def _compact_if_needed(self:RLM, run:_Run):
+    window = _window(self)
+    if window and _chars(_messages(run.session)) * run.tokens_per_char > COMPACT_AT * window: _compact(self, run)
+
+def _compact(self:RLM, run:_Run, forced:bool=False) -> bool:
+    "Replace the turns so far by the model's notes on them; False if there is nothing to compact or it failed."
+    s = run.session
+    last = max((i for i, it in enumerate(s.iterations) if it.kind == 'compaction'), default=-1)
+    if sum(it.kind == 'turn' for it in s.iterations[last + 1:]) < (1 if forced else 2): return False
+    window = _window(self)
+    budget = int(COMPACT_AT * window / run.tokens_per_char) if window else _chars(_messages(s)) // 2
+    msgs = fit_messages(_messages(s, COMPACT_ASK), budget)
+    before = _chars(_messages(s))
+    try: c = complete_by(self.root_lm, msgs, run.deadline)
+    except ModelError as e:
+        run.emit(Notice(f"compaction failed: {e}", 'warning'))
+        return False
+    run.root_usage += c.usage
+    notes = _FENCE.sub('', _THINK.sub('', c.text)).strip() or c.text.strip()
+    it = Iteration(turns(s) + 1, c.text, notes, usage=c.usage, latency=c.latency, kind='compaction')
+    s.iterations.append(it)
+    run.emit(ModelReplied(it))
+    it.feedback = f"compacted {before:,} characters of conversation into {len(notes):,} characters of notes"
+    run.emit(IterationFinished(it))
+    run.emit(Notice(f"the conversation neared the model's window: {it.feedback}"))
+    return True
+
+def _model_stop(run:_Run, e:ModelError) -> str:
+    "The stop reason for a model error that ended the session."
+    if run.deadline is not None and time.monotonic() >= run.deadline - 0.05: return 'timeout'
+    return 'context_window' if is_window_error(e) else 'model_error'
+
+# %% ../nbs/04_core.ipynb
+ANSWER_NOW = ("The session has reached its limit ({reason}) and no more code will run. Give your best answer now from what "
+              "you have seen, as FINAL(answer) alone on a line.")
+
 def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> Final|None:
     s = run.session
-    if s is None: return None
-    if s.stop_reason in _FALLBACK_ASKS and s.iterations:
-        try:
-            c = self.root_lm.complete(_messages(s, f"The session has reached its limit ({s.stop_reason}) and no more code "
-                                                   "will run. Give your best answer now from what you have seen, as "
-                                                   "FINAL(answer) alone on a line."))
-            run.root_usage += c.usage
-            reply = parse_reply(c.text)
-            it = Iteration(turns(s) + 1, c.text, reply.reasoning, kind='fallback', usage=c.usage, latency=c.latency)
-            s.iterations.append(it)
-            run.emit(ModelReplied(it))
-            run.final, live = None, repl is not None and repl.is_alive
-            for k, code in enumerate(reply.code): # a model may still answer in code, as it was taught to
-                if live and 'FINAL' in code and run.final is None: _cell(self, run, repl, bridge, it, k, code)
-            if run.final is None and reply.final:
-                if reply.final[0] == 'FINAL': run.final = Final(reply.final[1], 'text')
-                elif live: _resolve_var(repl, run, reply.final[1], self.cell_timeout)
-            it.final = Final(run.final.answer if run.final else reply.reasoning, 'fallback')
-            run.emit(IterationFinished(it))
-            return it.final
-        except Exception as e: run.emit(Notice(f"no fallback answer: {e}", 'warning'))
-    if s.stop_reason in ('timeout', 'max_tokens', 'max_cost'):
-        for cell in reversed(s.cells):
-            if cell.status == 'ok' and cell.text.strip(): return Final(truncate(cell.text.strip(), 2000), 'fallback')
-    return None
+    if s is None or s.stop_reason not in _FALLBACK_ASKS or not s.iterations: return None
+    try:
+        window = _window(self)
+        limit = int(COMPACT_AT * window / run.tokens_per_char) if window else None
+        if s.stop_reason == 'context_window' and limit is None: limit = _chars(_messages(s)) // 2
+        msgs = _messages(s, ANSWER_NOW.format(reason=s.stop_reason))
+        c = complete_by(self.root_lm, fit_messages(msgs, limit) if limit else msgs, run.deadline)
+        run.root_usage += c.usage
+        reply = parse_reply(c.text)
+        it = Iteration(turns(s) + 1, c.text, reply.reasoning, kind='fallback', usage=c.usage, latency=c.latency)
+        s.iterations.append(it)
+        run.emit(ModelReplied(it))
+        run.final, live = None, repl is not None and repl.is_alive
+        for k, code in enumerate(reply.code): # a model may still answer in code, as it was taught to
+            if live and 'FINAL' in code and run.final is None: _cell(self, run, repl, bridge, it, k, code)
+        if run.final is None and reply.final:
+            if reply.final[0] == 'FINAL': run.final = (live and _named_value(repl, run, reply.final[1], self.cell_timeout)) or Final(reply.final[1], 'text')
+            elif live: _resolve_var(repl, run, reply.final[1], self.cell_timeout)
+        answer = run.final.answer if run.final else reply.reasoning.strip() or None
+        it.final = Final(answer, 'fallback') if answer is not None else None
+        run.emit(IterationFinished(it))
+        return it.final
+    except Exception as e:
+        run.emit(Notice(f"no best-effort answer: {e}", 'warning'))
+        return None
 
 # %% ../nbs/04_core.ipynb
 _NOT_RERUN = {'timeout', 'died', 'interrupted'}

@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from typing import Callable
 
 # %% auto 0
-__all__ = ['Fault', 'completion_json', 'ScriptedServer']
+__all__ = ['Fault', 'Reply', 'completion_json', 'ScriptedServer']
 
 # %% ../nbs/09_testing.ipynb
 @dataclass
@@ -20,10 +20,18 @@ class Fault:
     delay:float = 0.0
     message:str = 'injected fault'
 
-def completion_json(text:str, model:str, prompt_tokens:int, completion_tokens:int, n:int) -> dict:
+@dataclass
+class Reply:
+    "A scripted answer with more than its text: why it ended ('length' for one cut off by the reply limit), its tokens."
+    text:str
+    finish_reason:str = 'stop'
+    completion_tokens:int|None = None # default: a quarter of the text's length
+    prompt_tokens:int|None = None # default: a quarter of the request's length
+
+def completion_json(text:str, model:str, prompt_tokens:int, completion_tokens:int, n:int, finish_reason:str='stop') -> dict:
     "An OpenAI chat.completion response body."
     return {'id': f'chatcmpl-{n}', 'object': 'chat.completion', 'created': int(time.time()), 'model': model,
-            'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': 'stop'}],
+            'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': finish_reason}],
             'usage': {'prompt_tokens': prompt_tokens, 'completion_tokens': completion_tokens,
                       'total_tokens': prompt_tokens + completion_tokens}}
 
@@ -99,6 +107,8 @@ class ScriptedServer:
             if self.delay: time.sleep(self.delay)
             with self._lock: record['answered'] = True
             prompt = sum(len(str(m.get('content', ''))) for m in body.get('messages', []))
-            return 200, completion_json(str(reply), body.get('model', 'scripted'), max(1, prompt // 4), max(1, len(str(reply)) // 4), next(self._n))
+            r = reply if isinstance(reply, Reply) else Reply(str(reply))
+            return 200, completion_json(r.text, body.get('model', 'scripted'), r.prompt_tokens or max(1, prompt // 4),
+                                        r.completion_tokens or max(1, len(r.text) // 4), next(self._n), r.finish_reason)
         finally:
             with self._lock: self.in_flight -= 1

@@ -144,7 +144,7 @@ def test_text_final_before_any_code_is_refused(server):
 
 
 def test_final_inside_a_non_runnable_fence_is_refused(server):
-    srv = server(script(["Done:\n```\nFINAL(42)\n```", "Done:\n```text\nFINAL(42)\n```", repl("FINAL(6 * 7)")]))
+    srv = server(script(["Done:\n```json\nFINAL(42)\n```", "Done:\n```text\nFINAL(42)\n```", repl("FINAL(6 * 7)")]))
     res = rlm(srv)("What is the answer?", context='abc')
     for i in (0, 1):
         it = res.session.iterations[i]
@@ -259,8 +259,9 @@ def test_max_llm_calls_stops_across_cells(server):
     res = rlm(srv, max_llm_calls=2)("Ask away", context='abc')
     assert res.stop_reason == 'max_llm_calls'
     assert res.sub_calls == 2 and len(sub_requests(srv)) == 2
-    assert res.iterations == 2  # the session ends as soon as the budget is used up, not at the next refused call
-    assert 'budget ran out (max_llm_calls)' in res.session.iterations[1].feedback
+    assert res.iterations == 3  # a used-up budget ends the session at the first refused call, not before
+    assert 'sub-calls of this session are used' in res.session.iterations[1].feedback
+    assert 'budget ran out (max_llm_calls)' in res.session.iterations[2].feedback
     assert res.answer == 'partial' and res.session.final.source == 'fallback'
 
 
@@ -294,16 +295,16 @@ def test_max_llm_calls_stops_a_runaway_loop_inside_one_cell(server):
     assert res.answer == 'partial' and res.session.final.source == 'fallback'
 
 
-def test_max_tokens_stops_before_the_next_root_call(server):
+def test_max_total_tokens_stops_before_the_next_root_call(server):
     srv = server(script(lambda body: repl(f"print('progress {turn(body)}')")))
     limit = 1500
-    res = rlm(srv, max_tokens=limit)("Go", context='abc')
-    assert res.stop_reason == 'max_tokens'
+    res = rlm(srv, max_total_tokens=limit)("Go", context='abc')
+    assert res.stop_reason == 'max_total_tokens'
     assert res.usage.total_tokens >= limit
     before_last = sum((it.usage.total_tokens for it in res.session.iterations[:-1]), 0)
     assert before_last < limit  # it did not run past the budget
     assert len(root_requests(srv)) == res.iterations  # no fallback call once tokens are spent
-    assert res.answer == f'progress {res.iterations}' and res.session.final.source == 'fallback'
+    assert res.answer is None and res.session.final is None  # a cell's output is not an answer
 
 
 class PricedLM(LM):
