@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb 3
 from __future__ import annotations
-import argparse, os, sys, json, random
+import argparse, os, sys, json, random, signal, threading
 from pathlib import Path
 
 # %% auto 0
@@ -77,7 +77,12 @@ def _parser():
         a.add_argument('--trace', type=Path, help='write every event to this JSONL file')
         a.add_argument('--max-iterations', type=int, default=20, help='root-model turns (default 20)')
         a.add_argument('--max-llm-calls', type=int, help='sub-calls in the session')
-        a.add_argument('--max-tokens', type=int, help='root plus sub tokens')
+        a.add_argument('--max-total-tokens', type=int, help='session budget: root plus sub tokens over all turns')
+        a.add_argument('--max-tokens', type=int, help=argparse.SUPPRESS) # ambiguous: refused with a pointer to both
+        a.add_argument('--max-reply-tokens', type=int, help='cap on each model reply (litellm max_tokens)')
+        a.add_argument('--temperature', type=float, help='sampling temperature of the models')
+        a.add_argument('--request-timeout', type=float, help='seconds one model call may take')
+        a.add_argument('--context-window', type=int, help="the root model's window in tokens, if litellm doesn't know it")
         a.add_argument('--max-cost', type=float, help='USD, counting priced calls')
         a.add_argument('--timeout', type=float, help='wall seconds for the session')
         a.add_argument('--cell-timeout', type=float, default=120, help='seconds one code block may run (default 120)')
@@ -126,9 +131,15 @@ def _contexts(specs:list) -> dict:
     return out
 
 def _budget_kwargs(a) -> dict:
-    return dict(max_iterations=a.max_iterations, max_llm_calls=a.max_llm_calls, max_tokens=a.max_tokens,
-                max_cost=a.max_cost, timeout=a.timeout, cell_timeout=a.cell_timeout, max_errors=a.max_errors,
-                concurrency=a.concurrency, verbose=not a.quiet, trace=a.trace)
+    if a.max_tokens is not None:
+        _die("--max-tokens is ambiguous: use --max-total-tokens for the session's token budget, "
+             "or --max-reply-tokens to cap each model reply")
+    kw = dict(max_iterations=a.max_iterations, max_llm_calls=a.max_llm_calls, max_total_tokens=a.max_total_tokens,
+              max_cost=a.max_cost, timeout=a.timeout, cell_timeout=a.cell_timeout, max_errors=a.max_errors,
+              max_reply_tokens=a.max_reply_tokens, request_timeout=a.request_timeout, context_window=a.context_window,
+              concurrency=a.concurrency, verbose=not a.quiet, trace=a.trace)
+    if a.temperature is not None: kw['temperature'] = a.temperature
+    return kw
 
 def _finish(res, as_json:bool) -> int:
     s = res.session
@@ -137,7 +148,8 @@ def _finish(res, as_json:bool) -> int:
                           'sub_calls': res.sub_calls, 'tokens': res.usage.total_tokens, 'cost': res.cost,
                           'elapsed': round(res.elapsed, 3), 'session': s.id}, indent=2))
     else: print(res.answer if res.answer is not None else '')
-    return {'final': 0, 'model_error': 1, 'interrupted': 130}.get(res.stop_reason, 3)
+    if res.stop_reason == 'interrupted': return 128 + (_signalled[-1] if _signalled else signal.SIGINT)
+    return {'final': 0, 'model_error': 1}.get(res.stop_reason, 3)
 
 # %% ../nbs/08_cli.ipynb
 def cmd_run(a) -> int:
@@ -206,8 +218,25 @@ def cmd_diff(a) -> int:
     except (ValueError, OSError) as e: _die(str(e))
     return 0
 
+_signalled = []
+
+def _stop_on(signum, frame):
+    "SIGTERM and SIGHUP (the terminal closed) stop a session as Ctrl-C does: the record is written, then we exit."
+    _signalled.append(signum)
+    raise KeyboardInterrupt
+
+def _exit_now(code:int):
+    "Exit at once: sub-calls still in flight on other threads must not hold the process (the record is written)."
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+
 def main(argv=None) -> int:
     "Entry point of the `rlm-nb` console script."
     a = _parser().parse_args(argv)
-    try: return {'run': cmd_run, 'demo': cmd_demo, 'export': cmd_export, 'replay': cmd_replay, 'diff': cmd_diff}[a.command](a)
-    except KeyboardInterrupt: return 130
+    if threading.current_thread() is threading.main_thread() and argv is None:
+        for sig in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
+            if sig is not None: signal.signal(sig, _stop_on)
+    try: code = {'run': cmd_run, 'demo': cmd_demo, 'export': cmd_export, 'replay': cmd_replay, 'diff': cmd_diff}[a.command](a)
+    except KeyboardInterrupt: code = 128 + (_signalled[-1] if _signalled else signal.SIGINT)
+    if code >= 128 and argv is None: _exit_now(code)
+    return code

@@ -150,3 +150,53 @@ def test_a_malformed_trace_is_a_one_line_error(tmp_path, text):
     assert 'bad.jsonl' in r.stderr and 'Traceback' not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ctrl-C, SIGTERM and SIGHUP: a prompt exit with the record complete and nothing left behind
+
+import signal, tempfile
+from pathlib import Path
+
+
+def _slow_batch(body):
+    system = body['messages'][0]['content'] if body['messages'][0]['role'] == 'system' else ''
+    if 'Recursive Language Model' in system: return "```repl\nprint(llm_query_batched(['a', 'b', 'c', 'd']))\n```"
+    time.sleep(40)  # sub-calls that would hold the process for 40 s
+    return 'late'
+
+
+def _session_dirs_of(pid):
+    out = []
+    for d in Path(tempfile.gettempdir()).glob('rlm_nb-session-*'):
+        try:
+            if (d / '.rlm_nb-owner').read_text() == str(pid): out.append(d)
+        except OSError: pass
+    return out
+
+
+@pytest.mark.parametrize('signals, code', [([signal.SIGINT], 130), ([signal.SIGTERM], 143), ([signal.SIGHUP], 129),
+                                           ([signal.SIGINT, signal.SIGINT], 130)])
+def test_a_signal_during_batched_calls_exits_promptly_with_the_trace_complete(server, log_file, tmp_path, signals, code):
+    srv = server(_slow_batch)
+    trace = tmp_path / 'run.jsonl'
+    p = subprocess.Popen([sys.executable, '-m', 'rlm_nb', 'run', '-m', 'openai/root', '--api-base', srv.url,
+                          '-c', str(log_file), '--query', 'q?', '--trace', str(trace)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (trace.exists() and 'subcall_started' in trace.read_text()):
+            assert time.monotonic() < deadline and p.poll() is None, 'the batch never started'
+            time.sleep(0.1)
+        t = time.monotonic()
+        for s in signals:
+            p.send_signal(s); time.sleep(0.05)
+        p.wait(timeout=30)
+        took = time.monotonic() - t
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
+    assert p.returncode == code, p.stderr.read()
+    assert took < 5, f"exit took {took:.1f}s after the signal (sub-calls still in flight must not hold it)"
+    events = [json.loads(l) for l in trace.read_text().splitlines()]
+    assert events[-1]['type'] == 'session_ended' and events[-1]['session']['stop_reason'] == 'interrupted'
+    assert not _session_dirs_of(p.pid)

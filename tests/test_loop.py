@@ -1,6 +1,6 @@
 """The loop against what real models and servers do: odd FINALs, cut-off and repeated replies, full windows, slow
 servers, odd budgets. Real kernels; the models are a ScriptedServer behind litellm's real HTTP path."""
-import json, time
+import json, os, time
 from pathlib import Path
 import pytest
 from rlm_nb.core import RLM, parse_reply, COMPACT_ASK
@@ -251,3 +251,22 @@ def test_an_unwritable_trace_path_fails_before_the_session(tmp_path):
     blocker.write_text('x')
     with pytest.raises(ValueError, match='trace file .* cannot be written'):
         RLM('openai/x', api_base='http://127.0.0.1:9/v1', trace=blocker / 'trace.jsonl')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 15. A session directory left by a killed host (SIGKILL can't be handled) is removed by the next session
+
+def test_session_directories_of_dead_hosts_are_cleaned(server):
+    import subprocess, sys, tempfile
+    dead = subprocess.Popen([sys.executable, '-c', 'pass']); dead.wait()
+    left = Path(tempfile.mkdtemp(prefix='rlm_nb-session-'))
+    (left / '.rlm_nb-owner').write_text(str(dead.pid))
+    (left / 'context.txt').write_text('a copy of the inputs')
+    alive = Path(tempfile.mkdtemp(prefix='rlm_nb-session-'))
+    (alive / '.rlm_nb-owner').write_text(str(os.getpid()))
+    try:
+        srv = server(script([repl("print(1)"), "FINAL(1)"]))
+        rlm(srv)("?", context='abc')
+        assert not left.exists() and alive.exists()
+    finally:
+        import shutil; shutil.rmtree(left, ignore_errors=True); shutil.rmtree(alive, ignore_errors=True)
