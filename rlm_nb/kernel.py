@@ -16,8 +16,8 @@ from .events import is_secret_name
 log = logging.getLogger('rlm_nb')
 
 # %% auto 0
-__all__ = ['log', 'kernel_env', 'strip_ansi', 'outputs_to_text', 'output_from_msg', 'OutputCollector', 'CellResult', 'KernelDied',
-           'KernelREPL']
+__all__ = ['log', 'kernel_env', 'strip_ansi', 'outputs_to_text', 'output_from_msg', 'OutputCollector', 'cap_output',
+           'cap_output_code', 'CellResult', 'KernelDied', 'KernelREPL']
 
 # %% ../nbs/00_kernel.ipynb
 def kernel_env(base:dict|None=None, extra:dict|None=None) -> dict:
@@ -59,13 +59,18 @@ def output_from_msg(msg_type:str, content:dict) -> dict:
 
 # %% ../nbs/00_kernel.ipynb
 class OutputCollector:
-    "Builds an nbformat output list from iopub messages, keeping at most `limit` chars of output text."
-    def __init__(self, limit:int=2_000_000):
-        self.limit, self.size, self.dropped = limit, 0, 0
+    "Builds an nbformat output list from iopub messages, keeping at most `limit` chars of head and `tail` of stream tail."
+    def __init__(self, limit:int=2_000_000, tail:int=20_000):
+        self.limit, self.tail_size, self.size, self.dropped = limit, tail, 0, 0
         self._outputs, self._pieces, self._clear_pending, self._displays = [], {}, False, {}
+        self._tail, self._tail_name = [], 'stdout'
 
-    def _clear(self): self._outputs.clear(); self._pieces.clear(); self._displays.clear(); self.size = 0
+    def _clear(self): self._outputs.clear(); self._pieces.clear(); self._displays.clear(); self.size = self.dropped = 0; self._tail = []
     def note(self, out:dict): self._outputs.append(out)
+
+    def _keep_tail(self, name:str, text:str):
+        self._tail.append(text); self._tail_name = name
+        if sum(map(len, self._tail)) > 2 * self.tail_size: self._tail = [''.join(self._tail)[-self.tail_size:]]
 
     def add(self, msg_type:str, content:dict) -> dict|None:
         "Handle one iopub message; returns the new output (or stream piece) it added, if any."
@@ -81,7 +86,12 @@ class OutputCollector:
             for i in self._displays.get(display_id, []): self._outputs[i] = out
             return None
         n = len(out.get('text', '')) if msg_type == 'stream' else len(json.dumps(out.get('data', out)))
-        if self.size + n > self.limit: self.dropped += n; return None # a flood: keep the head, count the rest
+        if self.size + n > self.limit: # a flood: keep what fits of the head, and the tail
+            room = self.limit - self.size if msg_type == 'stream' and not self.dropped else 0
+            self.dropped += n - room
+            if msg_type == 'stream': self._keep_tail(out['name'], out['text'][room:])
+            if not room: return None
+            out = {**out, 'text': out['text'][:room]}; n = room
         self.size += n
         last = self._outputs[-1] if self._outputs else None
         if msg_type == 'stream' and last and last['output_type'] == 'stream' and last['name'] == out['name']:
@@ -94,11 +104,49 @@ class OutputCollector:
 
     @property
     def outputs(self) -> list:
-        "The outputs so far, stream pieces joined, with a note if some output was dropped."
+        "The outputs so far, stream pieces joined, with a note and the tail if some output was left out."
         outs = [{**o, 'text': ''.join(self._pieces[i])} if i in self._pieces else o for i, o in enumerate(self._outputs)]
-        if self.dropped: outs.append({'output_type': 'stream', 'name': 'stderr',
-                                      'text': f"\n[rlm_nb: {self.dropped:,} more characters of output were dropped]\n"})
+        if self.dropped:
+            tail = ''.join(self._tail)[-self.tail_size:]
+            outs.append({'output_type': 'stream', 'name': 'stderr',
+                         'text': f"\n[rlm_nb: {self.dropped - len(tail):,} more characters of output were dropped"
+                                 f"{'; the last ' + format(len(tail), ',') + ' follow' if tail else ''}]\n"})
+            if tail: outs.append({'output_type': 'stream', 'name': self._tail_name, 'text': tail})
         return outs
+
+# %% ../nbs/00_kernel.ipynb
+class _CappedWrite:
+    "Stands in for a kernel stream's `write`: past `limit` chars in one cell, only the last `tail` chars are kept."
+    def __init__(self, write, limit:int, tail:int): self.write_through, self.limit, self.tail_size = write, limit, tail; self.reset()
+    def reset(self, *_): self.used, self.dropped, self.tail = 0, 0, []
+    def __call__(self, s):
+        if not isinstance(s, str): return self.write_through(s)
+        n = len(s)
+        if self.used < self.limit:
+            head = s[:self.limit - self.used]
+            self.used += len(head); self.write_through(head); s = s[len(head):]
+        if s:
+            self.dropped += len(s); self.tail.append(s[-self.tail_size:])
+            if len(self.tail) > 256: self.tail = [''.join(self.tail)[-self.tail_size:]]
+        return n
+    def report(self, *_):
+        if self.dropped:
+            tail = ''.join(self.tail)[-self.tail_size:]
+            self.write_through(f"\n[rlm_nb: {self.dropped - len(tail):,} more characters of output were dropped; "
+                               f"the last {len(tail):,} follow]\n{tail}")
+        self.reset()
+
+def cap_output(shell, limit:int=1_000_000, tail:int=20_000):
+    "In a kernel: cap what each cell writes to stdout and stderr at `limit` chars of head plus `tail` chars of tail."
+    for stream in (sys.stdout, sys.stderr):
+        cap = _CappedWrite(stream.write, limit, tail)
+        stream.write = cap
+        shell.events.register('pre_run_cell', cap.reset)
+        shell.events.register('post_run_cell', cap.report)
+
+def cap_output_code(limit:int=1_000_000, tail:int=20_000) -> str:
+    "The code that installs `cap_output` in a kernel."
+    return f"from rlm_nb.kernel import cap_output as _c\n_c(get_ipython(), {int(limit)}, {int(tail)})\ndel _c"
 
 # %% ../nbs/00_kernel.ipynb
 def _recv(session, socket) -> dict|None:

@@ -116,7 +116,7 @@ def card_html(it:Iteration, open:bool=False, running:CodeCell|None=None) -> str:
     cells = list(it.cells) + ([running] if running is not None else [])
     subs = sum(len(c.subcalls) for c in cells)
     said = ' '.join(it.reasoning.split())
-    title = 'Best-effort answer' if it.kind == 'fallback' else f'Iteration {_e(it.index)}'
+    title = {'fallback': 'Best-effort answer', 'compaction': 'Compaction: notes that replace the earlier turns'}.get(it.kind, f'Iteration {_e(it.index)}')
     bits = [f'{len(cells)} block(s)', f'{subs} sub-call(s)', _tokens(it.usage), f'{it.latency:.1f}s model'] + (['FINAL'] if it.final and it.kind == 'turn' else [])
     body = ''.join(cell_html(c, running=c is running) for c in cells)
     return (f'<details class="rlm-card" data-iteration="{_e(it.index)}" data-kind="{_e(it.kind)}"{" open" if open else ""}>'
