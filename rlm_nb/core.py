@@ -546,7 +546,7 @@ def is_repeat(a:str, b:str, threshold:float=0.95) -> bool:
     "Whether reply `b` repeats reply `a`, word for word or nearly (whitespace and thinking ignored)."
     a, b = _norm(a), _norm(b)
     if a == b: return True
-    if not a or not b or abs(len(a) - len(b)) > (1 - threshold) * max(len(a), len(b)): return False
+    if min(len(a), len(b)) < 200 or abs(len(a) - len(b)) > (1 - threshold) * max(len(a), len(b)): return False # short: exact only
     sm = difflib.SequenceMatcher(None, a[:4000], b[:4000], autojunk=False)
     return sm.real_quick_ratio() >= threshold and sm.quick_ratio() >= threshold and sm.ratio() >= threshold
 

@@ -174,8 +174,10 @@ def test_repeated_replies_are_named_and_then_stopped(server):
 
 
 def test_a_nearly_identical_reply_counts_as_a_repeat(server):
-    replies = ["Let me look at the data again.\n" + repl("print(context[:10])"),
-               "Let me look at the data again!\n" + repl("print(context[:10])  ")]
+    plan = ("I have not found it yet. The text is short, so I will print its start, its length and the words it "
+            "holds, and then look for anything that could be the answer to the question in what it prints.")
+    code = "print(context[:10])\nprint(len(context))\nprint(context.split())"
+    replies = [plan + "\n" + repl(code), plan.replace('yet.', 'yet!') + "\n" + repl(code + "  # again")]
     srv = server(script(replies + [repl("print(1)"), "FINAL(x)"]))
     res = rlm(srv)("What is it?", context='abc')
     assert 'repeats your reply in iteration 1' in told(res, 2) and res.answer == 'x'
