@@ -61,8 +61,8 @@ def find_browser(env=os.environ, places=None):
 
 
 def install_browser_command(system=sys.platform) -> str:
-    "The one command that installs a Chromium the browser test finds (playwright's own build, for this OS)."
-    return f"python -m playwright install{' --with-deps' if system.startswith('linux') else ''} chromium"
+    "The one command that installs a Chromium the browser test finds: playwright's own build (with its libraries, via apt)."
+    return f"python -m playwright install{' --with-deps' if system.startswith('linux') and shutil.which('apt-get') else ''} chromium"
 
 
 def in_ci(env=os.environ) -> bool: return env.get('CI', '').strip().lower() not in ('', '0', 'false', 'no')
