@@ -96,7 +96,7 @@ def _parser():
     run.add_argument('--query', '--question', required=True, help='the question')
     model_args(run)
     demo = sub.add_parser('demo', help='a first session on a generated log (scripted unless a model is configured)')
-    demo.add_argument('--lines', type=int, default=60_000, help='size of the generated log (default 60,000 lines, about 5 MB)')
+    demo.add_argument('--lines', type=int, default=60_000, help='size of the generated log (default 60,000 lines, about 4.9 MB)')
     demo.add_argument('--save-context', type=Path, help='also write the generated log to this file')
     demo.add_argument('--export', type=Path, metavar='PATH', help='also save the session as a notebook')
     model_args(demo)

@@ -14,11 +14,12 @@ from .bridge import (prompt_hash, refusal_message, batch_error, tool_call_text, 
                            recording_units, load_input, install_code, write_input, InputFile)
 from .core import RLM, RLMResult, Resume, replay_cell, comparable_outputs, refusal_of, turns
 from .kernel import KernelREPL
+from .lm import check_model, ModelError
 
 # %% auto 0
 __all__ = ['FORMAT', 'SHIM_MARK', 'INPUTS_MARK', 'SKIP_MAGIC', 'NotebookError', 'shim_code', 'inputs_code', 'to_notebook',
-           'export', 'read_notebook', 'inputs_cell', 'load_session', 'CellComparison', 'ReplayResult', 'replay', 'fork',
-           'diff_sessions']
+           'export', 'read_notebook', 'inputs_cell', 'load_session', 'CellComparison', 'ReplayResult', 'replay',
+           'fork_models', 'fork', 'diff_sessions']
 
 # %% ../nbs/05_notebook.ipynb
 class NotebookError(ValueError):
@@ -325,10 +326,31 @@ def replay(path, # an exported session notebook
 _CARRIED = ('max_iterations', 'max_llm_calls', 'max_tokens', 'max_cost', 'timeout', 'max_errors', 'cell_timeout',
             'max_output_chars', 'concurrency', 'cache')
 
+def _routable(name:str, api_base:str|None=None) -> bool:
+    "Whether litellm can route a recorded model name; a `ScriptedLM`'s name ('scripted') it can't."
+    try: check_model(name, api_base, api_key='-') # with a key given, only the route is checked
+    except ModelError: return False
+    return True
+
+def fork_models(s:Session, # the recorded session
+                model=None, # the fork's root model, if given
+                sub_model=None, # the fork's sub-model, if given
+                api_base:str|None=None, # the fork's endpoint, against which a recorded name is routed
+                sub_api_base:str|None=None) -> tuple: # the fork's sub-model endpoint, if different
+    "The root and sub-model a fork runs with: the given ones, else the recorded names litellm can route."
+    if model is None:
+        if not _routable(s.model, api_base):
+            raise ValueError(f"the session's root model {s.model!r} is not a litellm name (it was a model object, such as a "
+                             "ScriptedLM): pass the model to continue with, fork(..., model=ScriptedLM([...])) or "
+                             "model='openai/gpt-4o-mini'")
+        model = s.model
+    if sub_model is None and _routable(s.sub_model, sub_api_base or api_base): sub_model = s.sub_model
+    return model, sub_model # a sub_model of None: the root model answers llm_query too
+
 def fork(source, # a session notebook, a trace path, a `Session` or an `RLMResult`
          at:int, # replay iterations 1..at, then continue live
          model=None, # root model for the continuation; the original's by default
-         sub_model=None, # sub-model; the original's by default
+         sub_model=None, # sub-model; the original's by default, or the new root model if the original's was an object
          suffix:str='', # added to the question
          inputs:dict|None=None, # input values by name, when the source does not hold them
          **rlm_kwargs) -> RLMResult: # any other `RLM` option: api_base, budgets, tools, trace, ...
@@ -350,7 +372,8 @@ def fork(source, # a session notebook, a trace path, a `Session` or an `RLMResul
         used, given = set(s.settings.get('tools', [])), {t.__name__ for t in rlm_kwargs.get('tools') or []}
         if used - given: raise ValueError(f"the session used the host tools {', '.join(sorted(used - given))}: pass them with tools=[...]")
         kw = {k: s.settings[k] for k in _CARRIED if k in s.settings}
-        rlm = RLM(model or s.model, sub_model or s.sub_model, **{**kw, **rlm_kwargs})
+        model, sub_model = fork_models(s, model, sub_model, rlm_kwargs.get('api_base'), rlm_kwargs.get('sub_api_base'))
+        rlm = RLM(model, sub_model, **{**kw, **rlm_kwargs})
         keep = s.system_prompt if 'system_prompt' not in rlm_kwargs and used == given else None # the history starts the same
         res = rlm.resume(f"{s.query} {suffix}".strip(), Resume(s, at, setup, keep))
         if tmp is not None: res.inputs, res.setup_code = values, None # the fork's input files are temporary

@@ -1,16 +1,17 @@
 """Real-browser test of the live timeline and the `%%rlm` magic.
 
-JupyterLab (started here on 127.0.0.1 with a token, in a temporary root and config) runs a notebook in headless Debian
-chromium driven by playwright. The notebook loads the extension and runs a `%%rlm` cell against a ScriptedServer started
+JupyterLab (started here on 127.0.0.1 with a token, in a temporary root and config) runs a notebook in a headless
+Chromium or Chrome driven by playwright. The notebook loads the extension and runs a `%%rlm` cell against a ScriptedServer started
 by this test; the test reads the rendered DOM (the DOM contract of the timeline) while the cell runs and after it ends,
 saves the notebook, and checks the saved file keeps the timeline as static HTML.
-No browser is ever downloaded: the browser is /usr/bin/chromium (`.ci/run` installs it)."""
+No browser is ever downloaded: the test finds an installed one (`find_browser`; `.ci/run` installs Debian's chromium).
+Without one, or without the `browser` extra (playwright, jupyterlab), it is skipped with the command that fixes it;
+under CI (`CI=true`) it fails instead, because CI must run it."""
 import json, os, re, shutil, socket, subprocess, sys, threading, time, urllib.request, urllib.error, secrets
 from pathlib import Path
 import nbformat, nbformat.sign, psutil, pytest
 from helpers import repl, is_root, turn, last_user, messages
 
-CHROMIUM = Path('/usr/bin/chromium')
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update', '--disable-sync',
                  '--no-proxy-server']
@@ -19,6 +20,73 @@ DOCS_IMAGE = Path(__file__).parent.parent / 'nbs' / 'images' / 'timeline.png'
 SECOND = 1000  # playwright timeouts are in ms
 LAB_START_TIMEOUT = 120
 pytestmark = pytest.mark.timeout(900)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding a browser. Nothing is downloaded here: the test drives a Chromium or Chrome that is already installed.
+# Without one (or without the `browser` extra) it is skipped with the one command that fixes it, except under CI,
+# where it must run.
+
+BROWSER_ENV = 'RLM_NB_CHROMIUM'  # a Chromium/Chrome binary to use instead of the lookup; `none` pretends there is none
+BROWSER_NAMES = ['chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable', 'chrome', 'chrome.exe']
+BROWSER_EXTRA = 'python -m pip install -e ".[browser]"'
+
+
+def usual_places(env=os.environ) -> list:
+    "Where Chromium and Chrome are installed by Linux packages, snap, the macOS and Windows installers, and playwright."
+    home = Path(env.get('HOME') or env.get('USERPROFILE') or Path.home())
+    mac = ['Chromium.app/Contents/MacOS/Chromium', 'Google Chrome.app/Contents/MacOS/Google Chrome']
+    places = [Path(p) for p in ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome',
+                                '/usr/bin/google-chrome-stable', '/opt/google/chrome/chrome', '/snap/bin/chromium']]
+    places += [root / app for root in (Path('/Applications'), home / 'Applications') for app in mac]
+    places += [Path(env[v]) / 'Google/Chrome/Application/chrome.exe' for v in ('PROGRAMFILES', 'PROGRAMFILES(X86)', 'LOCALAPPDATA') if env.get(v)]
+    caches = ([Path(env['PLAYWRIGHT_BROWSERS_PATH'])] if env.get('PLAYWRIGHT_BROWSERS_PATH') else
+              [home / '.cache/ms-playwright', home / 'Library/Caches/ms-playwright', home / 'AppData/Local/ms-playwright'])
+    for cache in caches:  # `python -m playwright install chromium` puts them here, newest revision first
+        found = [p for pat in ('chromium-*/chrome-*/chrome', 'chromium-*/chrome-*/chrome.exe', 'chromium-*/chrome-*/*.app/Contents/MacOS/*')
+                 for p in cache.glob(pat)]
+        places += sorted(found, key=lambda p: int(re.sub(r'\D', '', p.relative_to(cache).parts[0]) or 0), reverse=True)
+    return places
+
+
+def executable(p: Path) -> bool: return p.is_file() and os.access(p, os.X_OK)
+
+
+def find_browser(env=os.environ, places=None):
+    "The Chromium or Chrome to drive: $RLM_NB_CHROMIUM, else the usual names on PATH, else the usual places; or None."
+    if env.get(BROWSER_ENV): return None if env[BROWSER_ENV].strip().lower() == 'none' else Path(env[BROWSER_ENV])
+    for name in BROWSER_NAMES:
+        if (hit := shutil.which(name, path=env.get('PATH', ''))): return Path(hit)
+    return next((p for p in (usual_places(env) if places is None else places) if executable(p)), None)
+
+
+def install_browser_command(system=sys.platform) -> str:
+    "The one command that installs a Chromium the browser test finds: playwright's own build (with its libraries, via apt)."
+    return f"python -m playwright install{' --with-deps' if system.startswith('linux') and shutil.which('apt-get') else ''} chromium"
+
+
+def in_ci(env=os.environ) -> bool: return env.get('CI', '').strip().lower() not in ('', '0', 'false', 'no')
+
+
+def cannot_run(why: str, fix: str):
+    "Skip with the reason and the fix; under CI the browser test must run, so it fails instead."
+    if in_ci(): pytest.fail(f'CI is set and {why}, but CI must run the browser test: {fix}', pytrace=False)
+    pytest.skip(f'{why}: {fix}')
+
+
+def require_browser() -> Path:
+    "The browser to drive, with playwright and jupyterlab importable; otherwise skip (fail under CI) and say how."
+    missing = []
+    for module in ('playwright.sync_api', 'jupyterlab'):
+        try: __import__(module)
+        except ImportError: missing.append(module.split('.')[0])
+    path = find_browser()
+    if path is not None and not executable(path): pytest.fail(f'{BROWSER_ENV}={path} is not an executable file', pytrace=False)
+    why = ([f"the `browser` extra ({' and '.join(missing)}) is not installed"] if missing else []) + \
+          ([f'no Chromium or Chrome was found (${BROWSER_ENV}, PATH, the usual install places)'] if path is None else [])
+    fix = ' && '.join(([BROWSER_EXTRA] if missing else []) + ([install_browser_command()] if path is None else []))
+    if why: cannot_run(' and '.join(why), fix + (f' (or set {BROWSER_ENV}=/path/to/chrome)' if path is None else ''))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,20 +220,6 @@ def alive(p: psutil.Process) -> bool:
     except psutil.NoSuchProcess: return False
 
 
-def require_browser():
-    "No skipping: a missing browser or client is a failed test with the way to fix it."
-    if not CHROMIUM.exists():
-        pytest.fail(f'{CHROMIUM} is missing: the browser test drives Debian chromium and never downloads one. '
-                    'Run .ci/run, or `apt-get update && apt-get install -y chromium`.', pytrace=False)
-    try: import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.fail('the python package `playwright` is missing: `python -m pip install -e ".[dev]"` '
-                    '(or `pip install playwright jupyterlab`); no browser download is needed.', pytrace=False)
-    try: import jupyterlab  # noqa: F401
-    except ImportError:
-        pytest.fail('the python package `jupyterlab` is missing: `python -m pip install -e ".[dev]"`.', pytrace=False)
-
-
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
     "A running JupyterLab; its kernels are deleted through the REST API and the server stopped at the end."
@@ -184,14 +238,17 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def browser(tmp_path_factory):
-    "Headless Debian chromium with a fresh profile, driven by playwright."
-    require_browser()
+    "The installed Chromium or Chrome, headless with a fresh profile, driven by playwright."
+    path = require_browser()
     from playwright.sync_api import sync_playwright
     profile = tmp_path_factory.mktemp('chromium-profile')
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
-                                                   args=CHROMIUM_ARGS, viewport={'width': 1280, 'height': 1400},
-                                                   timeout=60 * SECOND)
+        try: ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(path), headless=True,
+                                                        args=CHROMIUM_ARGS, viewport={'width': 1280, 'height': 1400},
+                                                        timeout=60 * SECOND)
+        except Exception as e:
+            pytest.fail(f'{path} did not start under playwright ({str(e).strip().splitlines()[0]}); '
+                        f'point {BROWSER_ENV} at another Chromium or Chrome', pytrace=False)
         try: yield ctx
         finally: ctx.close()
 
@@ -578,3 +635,49 @@ def reopen_without_kernel(browser, lab, nb, name: str, trusted: bool, check, ste
         raise AssertionError(f'{e}' + debug_dump(page, lab, name.removesuffix('.ipynb'))) from e
     finally:
         page.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lookup and the skip, without a browser
+
+def fake_binary(path: Path, mode=0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('#!/bin/sh\n'); path.chmod(mode)
+    return path
+
+
+def test_find_browser_takes_the_env_var_then_path_then_the_usual_places(tmp_path):
+    on_path, placed = fake_binary(tmp_path / 'bin' / 'chromium'), fake_binary(tmp_path / 'opt' / 'chrome')
+    not_executable = fake_binary(tmp_path / 'bin2' / 'google-chrome', mode=0o644)
+    assert find_browser({'PATH': str(on_path.parent)}, places=[placed]) == on_path
+    assert find_browser({'PATH': str(not_executable.parent)}, places=[tmp_path / 'missing', not_executable, placed]) == placed
+    assert find_browser({'PATH': str(on_path.parent), BROWSER_ENV: str(placed)}) == placed
+    assert find_browser({'PATH': str(on_path.parent), BROWSER_ENV: 'none'}) is None
+    assert find_browser({'PATH': ''}, places=[tmp_path / 'missing']) is None
+
+
+def test_usual_places_cover_linux_macos_windows_and_playwright_downloads(tmp_path):
+    old, new = (fake_binary(tmp_path / f'.cache/ms-playwright/chromium-{r}/chrome-linux/chrome') for r in (1100, 1200))
+    places = usual_places({'HOME': str(tmp_path), 'PROGRAMFILES': str(tmp_path / 'pf')})
+    for p in ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome', '/snap/bin/chromium',
+              '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome', '/Applications/Chromium.app/Contents/MacOS/Chromium',
+              tmp_path / 'pf/Google/Chrome/Application/chrome.exe']:
+        assert Path(p) in places, p
+    assert places[-2:] == [new, old]  # playwright's own downloads last, the newest first
+    assert not {old, new} & set(usual_places({'HOME': str(tmp_path), 'PLAYWRIGHT_BROWSERS_PATH': str(tmp_path / 'elsewhere')}))
+
+
+def run_browser_test(**env) -> subprocess.CompletedProcess:
+    "Run the browser test in a child pytest with `env` (None removes a variable)."
+    env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider',
+                           f'{__file__}::test_rlm_magic_live_timeline_in_jupyterlab'],
+                          cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_without_a_browser_it_is_skipped_with_the_fix_but_under_ci_it_fails():
+    p = run_browser_test(**{BROWSER_ENV: 'none', 'CI': None})
+    assert p.returncode == 0 and '1 skipped' in p.stdout, p.stdout + p.stderr
+    assert install_browser_command() in p.stdout and BROWSER_ENV in p.stdout, p.stdout
+    p = run_browser_test(**{BROWSER_ENV: 'none', 'CI': 'true'})
+    assert p.returncode == 1 and 'CI must run the browser test' in p.stdout and 'skipped' not in p.stdout, p.stdout + p.stderr
