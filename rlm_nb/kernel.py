@@ -412,7 +412,8 @@ class KernelREPL:
         "Start the kernel and wait until it answers."
         if self.is_alive: return self
         if self.sandboxed is None: self.sandboxed = _want_sandbox(self.sandbox)
-        if self.sandboxed and self._uid is None and sandbox_support()['own_uid']: self._uid = _sandbox_uid()
+        if self.sandboxed and self._uid is None and sandbox_support()['own_uid'] and not self.rw_paths:
+            self._uid = _sandbox_uid() # with rw_paths, root's kernel stays root (capless): it must write where root can
         if self.cwd is None: self.cwd = tempfile.mkdtemp(prefix='rlm_nb-') # mode 0700
         if self._uid is not None: hand_over(self.cwd, self._uid)
         if not self.sandboxed and not self._undumpable: hold_undumpable(); self._undumpable = True
