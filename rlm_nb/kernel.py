@@ -629,16 +629,19 @@ class KernelREPL:
 class KernelPool:
     "Keeps `n` pristine kernels started; `take()` hands one out and a background thread starts its replacement."
     def __init__(self, n:int=2, # kernels kept ready
+                 preload:str|None="__import__('rlm_nb.bridge')", # run silently in each new kernel: imports, no variables
                  **kernel_options): # passed to every KernelREPL (sandbox, limits, mounts, env...); not cwd
         if 'cwd' in kernel_options: raise ValueError("a pool gives each kernel its own private directory; cwd is not an option")
-        self.n, self.kernel_options, self._ready, self._closed = n, kernel_options, [], False
+        self.n, self.preload, self.kernel_options, self._ready, self._closed = n, preload, kernel_options, [], False
         self._lock, self._wanted = threading.Condition(), threading.Event()
         self._errors = [] # the last start failure, re-raised by take() when nothing is ready
         self._thread = threading.Thread(target=self._fill, daemon=True, name='rlm_nb-pool')
         _pools.add(self)
         self._wanted.set(); self._thread.start()
 
-    def __repr__(self): return f"KernelPool(n={self.n}, ready={len(self._ready)})"
+    def __repr__(self): return f"KernelPool(n={self.n}, ready={self.ready})"
+    @property
+    def ready(self) -> int: return len(self._ready) # kernels waiting to be taken
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
@@ -646,7 +649,10 @@ class KernelPool:
         while not self._closed:
             self._wanted.wait(); self._wanted.clear()
             while not self._closed and len(self._ready) < self.n:
-                try: k = KernelREPL(**self.kernel_options).start()
+                try:
+                    k = KernelREPL(**self.kernel_options).start()
+                    if self.preload and not k.execute(self.preload, silent=True, timeout=k.startup_timeout).ok:
+                        k.shutdown(); raise RuntimeError(f"the pool's preload failed: {self.preload}")
                 except BaseException as e:
                     with self._lock: self._errors[:] = [e]; self._lock.notify_all()
                     break # the next take() starts one itself and raises if it fails
