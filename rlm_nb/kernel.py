@@ -452,12 +452,11 @@ class KernelREPL:
 
     def _argv(self, argv:list) -> list:
         "The kernel's command line: limits applied before exec, then bubblewrap when sandboxed."
-        lims = self.limits if self.sandboxed or _HAS_PRLIMIT else {}
-        if not self.sandboxed: lims = {**lims, 'max_processes': None} # the user's own count: too blunt unsandboxed
-        if not self.sandboxed: return limits_argv(**lims) + argv
+        if not self.sandboxed: # max_processes would count all the user's processes: too blunt without a sandbox
+            return (limits_argv(**{**self.limits, 'max_processes': None}) if _HAS_PRLIMIT else []) + argv
         env = sandbox_env({'USER': 'rlm_nb', 'LOGNAME': 'rlm_nb', **self._kernel_env()})
         tmp = max(64 * 1024**2, min(self.limits['max_file_size'] or _ram(), _ram() // 8))
-        return limits_argv(**lims, own_uid=self._uid is not None) + sandbox_argv(
+        return limits_argv(**self.limits, own_uid=self._uid is not None) + sandbox_argv(
             argv, self.cwd, env, self.ro_paths, self.rw_paths, self.allow_network, tmp, self._uid)
 
     def _limits_code(self):
