@@ -273,7 +273,7 @@ def sandbox_support() -> dict:
         if not _probed:
             missing = [t for t in ('bwrap', 'prlimit') + (('setpriv',) if os.getuid() == 0 else ()) if not shutil.which(t)]
             if not sys.platform.startswith('linux'): why = f"bubblewrap needs Linux, and this is {sys.platform}"
-            elif missing: why = f"{' and '.join(missing)} not found (install the Debian/Ubuntu/Fedora package 'bubblewrap')"
+            elif missing: why = ', '.join(f"{t} not found (package {'bubblewrap' if t == 'bwrap' else 'util-linux'})" for t in missing)
             else: why = None
             own = why is None and os.getuid() == 0 and _try_sandbox(_sandbox_uid()) is None
             if why is None and not own: why = _try_sandbox(None)
@@ -339,7 +339,7 @@ def _want_sandbox(sandbox) -> bool:
     if sandbox is False: return False
     s = sandbox_support()
     if s['ok']: return True
-    if sandbox is True: raise SandboxUnavailable(f"the sandbox cannot start: {s['why']}; install bubblewrap, or pass sandbox=False")
+    if sandbox is True: raise SandboxUnavailable(f"the sandbox cannot start: {s['why']}; pass sandbox=False to run unsandboxed")
     if not _warned:
         _warned.append(1)
         import warnings
@@ -603,7 +603,7 @@ class KernelREPL:
                 if not ready and not self.km.is_alive():
                     res.status = 'died'
                     collect.note(_error_output('KernelDied', 'the kernel died while running this cell '
-                                                         '(out of memory, a crash, or os._exit); all variables are gone'
+                                                         '(out of memory, its CPU-time limit, a crash, or os._exit); all variables are gone'
                                                          + self._log_tail()))
                     break
                 if deadline is not None and time.monotonic() >= deadline:

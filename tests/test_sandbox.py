@@ -253,7 +253,7 @@ def test_extra_mounts_and_network_are_opt_in(tmp_path, listener):
 def test_sandbox_true_fails_in_one_line_where_it_cannot_start_and_auto_warns_once(monkeypatch):
     monkeypatch.setattr(kernel, 'sandbox_support', lambda: {'ok': False, 'own_uid': False, 'why': 'bwrap not found'})
     monkeypatch.setattr(kernel, '_warned', [])
-    with pytest.raises(SandboxUnavailable, match=r"^the sandbox cannot start: bwrap not found; install bubblewrap"):
+    with pytest.raises(SandboxUnavailable, match=r"^the sandbox cannot start: bwrap not found; pass sandbox=False to run unsandboxed$"):
         KernelREPL(sandbox=True).start()
     with pytest.warns(RuntimeWarning, match='UNSANDBOXED') as w:
         with KernelREPL() as a, KernelREPL() as b:
