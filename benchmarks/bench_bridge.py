@@ -16,7 +16,7 @@ os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True') # never fetch lite
 import psutil, zmq
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from rlm_nb.kernel import KernelREPL
+from rlm_nb.kernel import KernelREPL, KernelPool, sandbox_support
 from rlm_nb.bridge import Bridge, install_code, write_input, describe_input, encode_request
 from rlm_nb.lm import ScriptedLM, LM
 from rlm_nb.testing import ScriptedServer
@@ -115,10 +115,10 @@ def tcp_nodelay():
     try: yield
     finally: socketserver.StreamRequestHandler.disable_nagle_algorithm = old
 
-def bridged(lm, concurrency=8):
+def bridged(lm, concurrency=8, **kernel_options):
     "(KernelREPL with the bridge installed, Bridge) -- the way RLM wires them, minus inputs."
     b = Bridge(lm, concurrency=concurrency)
-    return TimedREPL(startup_code=install_code({'inputs': [], 'tools': []}), on_request=b, bridge=b), b
+    return TimedREPL(startup_code=install_code({'inputs': [], 'tools': []}), on_request=b, bridge=b, **kernel_options), b
 
 def check(r, expect=None):
     if not r.ok or (expect is not None and r.text.strip() != expect):
@@ -402,7 +402,7 @@ print(repr(_dt))"""
 def kernel_read(repl, path, size, code=READ_CODE) -> float:
     return float(check(repl.execute(code.format(path=str(path), size=size))).text.strip())
 
-def load_once(value, wd: Path, size: int):
+def load_once(value, wd: Path, size: int, **kernel_options):
     "One RLM-style load of `value` (a str or a Path); returns a dict of timings and memory, plus the baseline."
     wd.mkdir()
     out = {}
@@ -414,7 +414,8 @@ def load_once(value, wd: Path, size: int):
         t0 = time.perf_counter()
         spec = write_input(value, wd, 'context')
         out['write'] = time.perf_counter() - t0
-        repl = TimedREPL(cwd=str(wd), startup_code=install_code({'inputs': [spec], 'tools': []}), on_comm=on_comm)
+        repl = TimedREPL(cwd=str(wd), startup_code=install_code({'inputs': [spec], 'tools': []}), on_comm=on_comm,
+                         **kernel_options)
         t1 = time.perf_counter()
         with repl:
             out['start_total'] = time.perf_counter() - t1
@@ -481,6 +482,69 @@ def bench_context(T: Table, sizes, reps: dict, tmp: Path):
                    f"{ft(m('start_total'))}, kernel peak RSS {fmb(m('kernel_hwm'))}"
                    + (f"; describe_input (RLM calls it first) {ft(t_desc)}" if kind == 'str' else '') + '.')
 
+# ----------------------------------------------------------------------------------------------- 6. the sandbox
+SETUP = install_code({'inputs': [], 'tools': []})
+
+def bench_sandbox(T: Table, n: int, n_cells: int, size: int, reps: int, tmp: Path):
+    "Each sandboxed cost against the unsandboxed kernel, interleaved in this run; then a warm pool against a cold start."
+    if not sandbox_support()['ok']:
+        T.note(f"sandbox rows skipped: {sandbox_support()['why']}"); return
+    on, off = dict(sandbox=True), dict(sandbox=False)
+    log(f"6. sandbox: kernel start + bridge install ({n} of each, interleaved)")
+    starts = {'on': [], 'off': []}
+    for i in range(n + 1):
+        for kind, opts in (('on', on), ('off', off)):
+            t = time.perf_counter()
+            with KernelREPL(startup_code=SETUP, **opts): dt = time.perf_counter() - t
+            if i: starts[kind].append(dt)
+    a, b = med(starts['on']), med(starts['off'])
+    T.add(f"sandbox: kernel start + bridge install (median of {n})", ft(a), f"unsandboxed {ft(b)}", fx(a / b), '≤ +15%', a / b <= 1.15)
+    log(f"6. sandbox: trivial cell and llm_query ({n_cells} of each, alternating kernels)")
+    (rs, bs), (ru, bu) = bridged(ScriptedLM(lambda m: 'ok'), **on), bridged(ScriptedLM(lambda m: 'ok'), **off)
+    cells = {k: [] for k in ('triv_on', 'triv_off', 'llm_on', 'llm_off')}
+    try:
+        with rs, ru:
+            for _ in range(20): check(rs.execute('1+1')); check(ru.execute('1+1')); check(rs.execute('llm_query("x")')); check(ru.execute('llm_query("x")'))
+            for _ in range(n_cells):
+                for kind, k in (('on', rs), ('off', ru)):
+                    cells['triv_' + kind].append(timed(lambda: check(k.execute('1+1'), '2')))
+                    cells['llm_' + kind].append(timed(lambda: check(k.execute('llm_query("x")'), "'ok'")))
+    finally: bs.close(); bu.close()
+    a, b = med(cells['triv_on']), med(cells['triv_off'])
+    T.add(f"sandbox: trivial cell `1+1` p50 ({n_cells} runs)", ft(a), f"unsandboxed {ft(b)}", fx(a / b), '≤ +5%', a / b <= 1.05)
+    a, b = med(cells['llm_on']), med(cells['llm_off'])
+    T.add(f"sandbox: `llm_query(\"x\")` cell p50, instant model ({n_cells} runs)", ft(a), f"unsandboxed {ft(b)}", fx(a / b), '≤ +5%', a / b <= 1.05)
+    do, du = med(cells['llm_on']) - med(cells['triv_on']), med(cells['llm_off']) - med(cells['triv_off'])
+    T.note(f"sandbox: llm_query overhead over a `1+1` cell, p50 difference: {ft(do)} sandboxed, {ft(du)} unsandboxed.")
+    label = f"{size // MB:,} MB" if size < 1000 * MB else f"{size / (1000 * MB):g} GB"
+    log(f"6. sandbox: context load {label} ({reps} of each, interleaved)")
+    value, loads = make_text(size), {'on': [], 'off': []}
+    for i in range(reps):
+        for kind, opts in (('on', on), ('off', off)) if i % 2 else (('off', off), ('on', on)):
+            loads[kind].append(load_once(value, tmp / f'sb-{kind}-{i}', size, **opts))
+    del value
+    m = lambda kind, key: med([r[key] for r in loads[kind]])
+    a, b = m('on', 'load'), m('off', 'load')
+    # the sandbox changes only the kernel's side: the host's write_input is the same code in the same process
+    T.add(f"sandbox: context {label}, kernel load (the setup cell; median of {reps})", ft(a), f"unsandboxed {ft(b)}",
+          fx(a / b), '≤ +5%', a / b <= 1.05)
+    T.note(f"sandbox: context {label}, write_input + kernel load: {ft(m('on', 'ours'))} sandboxed, {ft(m('off', 'ours'))} "
+           f"unsandboxed; install() itself reports {m('on', 'kernel_seconds'):.3f} s vs {m('off', 'kernel_seconds'):.3f} s.")
+    log(f"6. warm pool: take() + prepare(bridge install) ({n} sessions) vs cold start")
+    warm, cold = [], []
+    with KernelPool(1, **on) as pool:
+        for i in range(n + 1):
+            while pool.ready < 1: time.sleep(0.05) # the refill has finished: this is a warm take
+            time.sleep(0.3)
+            t = time.perf_counter(); k = pool.take(); k.prepare(SETUP); dt = time.perf_counter() - t
+            k.shutdown()
+            t = time.perf_counter()
+            with KernelREPL(startup_code=SETUP, **on): dc = time.perf_counter() - t
+            if i: warm.append(dt); cold.append(dc)
+    a, b = med(warm), med(cold)
+    T.add(f"sandbox: session start from a warm KernelPool, take + bridge install, p50 of {n}", ft(a),
+          f"cold start {ft(b)}", fx(a / b), '≤ 50 ms', a <= 0.05)
+
 # ----------------------------------------------------------------------------------------------- main
 def machine() -> str:
     return facts(['ipykernel', 'jupyter_client', 'pyzmq', 'ipython', 'litellm'],
@@ -490,6 +554,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='skip the 1 GB context and use fewer repetitions')
     ap.add_argument('--no-http', action='store_true', help='skip the litellm/HTTP rows')
+    ap.add_argument('--sandbox-only', action='store_true', help='only the sandbox and warm-pool rows')
     a = ap.parse_args(argv)
     q = a.quick
     started = time.perf_counter()
@@ -497,6 +562,9 @@ def main(argv=None):
     T = Table()
     tmp = Path(tempfile.mkdtemp(prefix='rlm_nb-bench-'))
     try:
+        if a.sandbox_only:
+            bench_sandbox(T, 3 if q else 7, 100 if q else 300, 100 * MB if q else 1000 * MB, 1 if q else 3, tmp)
+            return _print(T, started, q)
         bench_start(T, 3 if q else 5)
         bench_trivial(T, 100 if q else 300)
         bench_llm_query(T, 100 if q else 300, 0 if a.no_http else (20 if q else 60), 300 if q else 1000)
@@ -504,8 +572,12 @@ def main(argv=None):
         bench_batched(T, 3 if q else 5, not a.no_http)
         sizes = [100 * MB] if q else [100 * MB, 1000 * MB]
         bench_context(T, sizes, {100 * MB: 1 if q else 3, 1000 * MB: 3}, tmp)
+        bench_sandbox(T, 3 if q else 7, 100 if q else 300, 100 * MB if q else 1000 * MB, 1 if q else 3, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return _print(T, started, q)
+
+def _print(T, started, q):
     print()
     print(T.render())
     print(f"\n(total benchmark time {time.perf_counter() - started:.0f} s{', --quick' if q else ''})")

@@ -16,8 +16,10 @@ from .events import is_secret_name
 log = logging.getLogger('rlm_nb')
 
 # %% auto 0
-__all__ = ['log', 'kernel_env', 'strip_ansi', 'outputs_to_text', 'output_from_msg', 'OutputCollector', 'cap_output',
-           'cap_output_code', 'CellResult', 'KernelDied', 'KernelREPL']
+__all__ = ['log', 'GiB', 'DEFAULT_LIMITS', 'kernel_env', 'strip_ansi', 'outputs_to_text', 'output_from_msg', 'OutputCollector',
+           'cap_output', 'cap_output_code', 'CellResult', 'KernelDied', 'limits_argv', 'hidden_dirs', 'python_paths',
+           'sandbox_argv', 'sandbox_env', 'SandboxUnavailable', 'sandbox_support', 'hold_undumpable',
+           'release_undumpable', 'hand_over', 'KernelREPL', 'KernelPool']
 
 # %% ../nbs/00_kernel.ipynb
 def kernel_env(base:dict|None=None, extra:dict|None=None) -> dict:
@@ -179,13 +181,219 @@ class KernelDied(RuntimeError):
     "The kernel process is gone."
 
 # %% ../nbs/00_kernel.ipynb
+GiB = 1024**3
+
+def _ram() -> int:
+    try: return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError): return 8 * GiB
+
+DEFAULT_LIMITS = dict(memory_limit=_ram() // 2, # address space of each kernel process: half the RAM
+                      cpu_limit=3600, # CPU seconds of each kernel process
+                      max_processes=512, # processes and threads the kernel may run at once
+                      max_file_size=4 * GiB) # largest file the kernel may write
+
+def _user_tasks(uid:int) -> int:
+    "How many tasks (threads count) the user `uid` runs now: RLIMIT_NPROC counts them all."
+    n = 0
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and os.stat(f'/proc/{p}').st_uid == uid: n += len(os.listdir(f'/proc/{p}/task'))
+        except OSError: pass
+    return n
+
+def limits_argv(memory_limit=None, cpu_limit=None, max_processes=None, max_file_size=None, own_uid:bool=False) -> list:
+    "The `prlimit` prefix that sets the kernel's limits before its first instruction, where its code cannot raise them."
+    nproc = None
+    if max_processes: nproc = max_processes + (0 if own_uid else _user_tasks(os.getuid())) # RLIMIT_NPROC counts per user
+    lims = [f'--{o}={int(v)}' for o, v in (('as', memory_limit), ('cpu', cpu_limit), ('nproc', nproc), ('fsize', max_file_size)) if v]
+    return ['prlimit', *lims, '--'] if lims else []
+
+# %% ../nbs/00_kernel.ipynb
+def _under(p, dirs): return any(p == d or p.startswith(d.rstrip('/') + '/') for d in dirs)
+
+def _outermost(paths): 
+    out = []
+    for p in sorted(paths, key=len):
+        if not _under(p, out): out.append(p)
+    return out
+
+def _between(p, roots) -> list:
+    "The directories between the tmpfs root covering `p` and `p`: bwrap would make them 0700, closed to a kernel's uid."
+    root = max((r for r in roots if _under(p, [r]) and p != r), key=len, default=None)
+    if root is None: return []
+    parts = os.path.relpath(os.path.dirname(p), root).split(os.sep)
+    return [] if parts == ['.'] else [os.path.join(root, *parts[:i + 1]) for i in range(len(parts))]
+
+def _homes() -> list:
+    "Every home directory this process could reveal: /home, /root, $HOME and the account's own."
+    import pwd
+    homes = ['/home', '/root', os.path.expanduser('~')]
+    try: homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError: pass
+    return homes
+
+def hidden_dirs() -> list:
+    "Directories the sandbox covers with an empty tmpfs: homes, other sessions' temp dirs, and host sockets in /run."
+    dirs = _homes() + ['/run', '/var/run', '/var/tmp', tempfile.gettempdir()]
+    out = []
+    for d in sorted({os.path.realpath(d) for d in dirs if os.path.isdir(d)}, key=len):
+        if d not in ('/', '/tmp') and not _under(d, out): out.append(d) # /tmp gets its own private tmpfs
+    return out
+
+def _package_root() -> str:
+    import rlm_nb
+    return os.path.dirname(os.path.dirname(os.path.abspath(rlm_nb.__file__)))
+
+def python_paths() -> list:
+    "What the kernel needs to import what the host imports: the interpreter's prefixes, sys.path, rlm_nb itself."
+    ps = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)), _package_root(),
+          *sys.path[1:]] # sys.path[0] is the host's script directory, which the kernel does not need
+    return list(dict.fromkeys(os.path.realpath(p) for p in ps if p and os.path.exists(p)))
+
+def sandbox_argv(cmd:list, # the command to run inside
+                 cwd:str, # the session directory: the only host directory the kernel may write
+                 env:dict, # the kernel's whole environment
+                 ro_paths=(), # extra host paths mounted read-only, at the same place
+                 rw_paths=(), # extra host paths mounted read-write
+                 allow_network:bool=False, # share the host's network
+                 tmp_size:int|None=None, # bytes of the private /tmp
+                 uid:int|None=None) -> list: # run `cmd` as this uid (bwrap runs as root, without a user namespace)
+    "The bubblewrap command line that runs `cmd` sandboxed."
+    hide = hidden_dirs()
+    a = ['bwrap', '--die-with-parent', '--new-session', '--unshare-ipc', '--unshare-pid', '--unshare-net', '--unshare-uts',
+         '--unshare-cgroup-try', '--cap-drop', 'ALL'] # bwrap also sets no_new_privs: setuid binaries stay powerless
+    if uid is None: a += ['--unshare-user-try']
+    else: # root sets up the mounts, then setpriv drops to `uid`, whose process count RLIMIT_NPROC bounds
+        a += ['--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID']
+        cmd = ['setpriv', f'--reuid={uid}', f'--regid={uid}', '--clear-groups', '--', *cmd]
+    if allow_network: a += ['--share-net']
+    a += ['--ro-bind', '/', '/', '--proc', '/proc', '--dev', '/dev'] # the whole system read-only, a fresh /proc and /dev
+    for d in hide: a += ['--tmpfs', d] # homes, /run's sockets, other sessions: gone
+    a += (['--size', str(int(tmp_size))] if tmp_size else []) + ['--tmpfs', '/tmp']
+    covered = hide + ['/tmp']
+    py = [p for p in python_paths() if _under(p, covered) and p not in hide] # pyenv, a venv or user site in a home
+    binds = [('--ro-bind', p) for p in _outermost(py)] + [('--ro-bind', os.path.abspath(p)) for p in ro_paths]
+    binds += [('--bind', os.path.abspath(p)) for p in rw_paths] + [('--bind', cwd)]
+    for d in dict.fromkeys(d for _, p in binds for d in _between(p, covered)): a += ['--perms', '0755', '--dir', d]
+    for flag, p in binds: a += [flag, p, p]
+    a += ['--chdir', cwd, '--clearenv']
+    for k, v in env.items(): a += ['--setenv', k, str(v)]
+    return a + ['--', *cmd]
+
+# %% ../nbs/00_kernel.ipynb
+def sandbox_env(extra:dict|None=None) -> dict:
+    "The sandboxed kernel's whole environment: what Python and the kernel need, and `extra`; nothing else of the host's."
+    import site
+    pp = [p for p in [_package_root(), *os.environ.get('PYTHONPATH', '').split(os.pathsep)] if p]
+    if pp[0] in site.getsitepackages(): pp = pp[1:] # installed normally: it is on sys.path already
+    env = {'PATH': os.environ.get('PATH') or os.defpath, 'HOME': '/tmp', 'TMPDIR': '/tmp', 'PYTHONUNBUFFERED': '1',
+           'LANG': os.environ.get('LANG', 'C.UTF-8'), 'MPLCONFIGDIR': '/tmp/.matplotlib',
+           **({'PYTHONPATH': os.pathsep.join(dict.fromkeys(pp))} if pp else {})}
+    env.update({k: os.environ[k] for k in ('LC_ALL', 'LC_CTYPE', 'TZ', 'VIRTUAL_ENV') if k in os.environ})
+    return {**env, **(extra or {})}
+
+# %% ../nbs/00_kernel.ipynb
+class SandboxUnavailable(Exception):
+    "The kernel was asked to run sandboxed (`sandbox=True`) and cannot."
+
+_probe_lock, _probed = threading.Lock(), {}
+
+def _sandbox_uid() -> int|None:
+    "An unprivileged uid of its own for a kernel started by root, for whom RLIMIT_NPROC would not count."
+    if os.getuid() != 0: return None
+    import secrets
+    return 0x7e000000 + secrets.randbelow(0x1000000)
+
+def _try_sandbox(uid) -> str|None:
+    import subprocess
+    d = tempfile.mkdtemp(prefix='rlm_nb-probe-')
+    try:
+        if uid is not None: hand_over(d, uid)
+        argv = sandbox_argv([sys.executable, '-c', 'import rlm_nb'], d, sandbox_env(), uid=uid)
+        p = subprocess.run(argv, cwd=d, capture_output=True, text=True, timeout=30, env={'PATH': os.environ.get('PATH', os.defpath)})
+        return None if p.returncode == 0 else (p.stderr.strip().splitlines() or [f'exit status {p.returncode}'])[-1]
+    except (OSError, subprocess.SubprocessError) as e: return str(e)
+    finally: shutil.rmtree(d, ignore_errors=True)
+
+def sandbox_support() -> dict:
+    "Whether bubblewrap can sandbox a kernel here, probed once per process: {'ok', 'own_uid', 'why'}."
+    with _probe_lock:
+        if not _probed:
+            missing = [t for t in ('bwrap', 'prlimit') + (('setpriv',) if os.getuid() == 0 else ()) if not shutil.which(t)]
+            if not sys.platform.startswith('linux'): why = f"bubblewrap needs Linux, and this is {sys.platform}"
+            elif missing: why = ', '.join(f"{t} not found (package {'bubblewrap' if t == 'bwrap' else 'util-linux'})" for t in missing)
+            else: why = None
+            own = why is None and os.getuid() == 0 and _try_sandbox(_sandbox_uid()) is None
+            if why is None and not own: why = _try_sandbox(None)
+            _probed.update(ok=why is None, own_uid=own, why=why)
+        return dict(_probed)
+
+# %% ../nbs/00_kernel.ipynb
+_dump_lock, _dump_holds, _dump_before = threading.Lock(), [0], [None]
+
+def _prctl(*args) -> int:
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True).prctl(*args, 0, 0, 0)
+
+def hold_undumpable():
+    "Make this process non-dumpable (no ptrace, no /proc/<pid>/mem or environ for same-user code) until released."
+    if not sys.platform.startswith('linux'): return
+    with _dump_lock:
+        if _dump_holds[0] == 0: _dump_before[0] = _prctl(3, 0) # PR_GET_DUMPABLE
+        _dump_holds[0] += 1
+        _prctl(4, 0) # PR_SET_DUMPABLE 0
+
+def release_undumpable():
+    "Undo one `hold_undumpable`; the last one restores what the process was before."
+    if not sys.platform.startswith('linux'): return
+    with _dump_lock:
+        _dump_holds[0] = max(0, _dump_holds[0] - 1)
+        if _dump_holds[0] == 0 and _dump_before[0] is not None: _prctl(4, _dump_before[0])
+
+# %% ../nbs/00_kernel.ipynb
+_KERNEL_ARGV = [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}', '--HistoryManager.enabled=False',
+                '--IPKernelApp.log_level=ERROR', '--InteractiveShell.cache_size=0']
+_HAS_PRLIMIT = sys.platform.startswith('linux') and shutil.which('prlimit') is not None
+
 class _ThisInterpreter(KernelSpecManager):
-    "Kernel specs that always launch ipykernel with the current interpreter."
+    "Kernel specs that always launch ipykernel with the current interpreter, through `wrap` (limits, sandbox)."
+    def __init__(self, wrap=lambda argv: argv, by_message=False, **kw):
+        super().__init__(**kw)
+        self.wrap, self.by_message = wrap, by_message
     def get_kernel_spec(self, kernel_name, *a, **k):
-        return KernelSpec(argv=[sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}',
-                                '--HistoryManager.enabled=False', '--IPKernelApp.log_level=ERROR',
-                                '--InteractiveShell.cache_size=0'],
-                          display_name='rlm_nb', language='python')
+        # SIGINT would reach bwrap, not the kernel in its pid namespace: ipykernel turns a control message into one
+        return KernelSpec(argv=self.wrap(list(_KERNEL_ARGV)), display_name='rlm_nb', language='python',
+                          interrupt_mode='message' if self.by_message else 'signal')
+
+class _KernelManager(KernelManager):
+    "A KernelManager that hands the connection file to the kernel's own uid, when it has one."
+    kernel_uid = None
+    def write_connection_file(self, **kw):
+        super().write_connection_file(**kw)
+        if self.kernel_uid is not None: os.chown(self.connection_file, self.kernel_uid, self.kernel_uid)
+
+def hand_over(path:str, uid:int):
+    "Give `path` and what is in it to `uid`, the kernel's own; no other user may enter it."
+    os.chown(path, uid, os.getgid()); os.chmod(path, 0o750) # root's group: bwrap, capless root, must chdir into it
+    for root, dirs, files in os.walk(path):
+        for n in dirs + files:
+            try: os.chown(os.path.join(root, n), uid, uid, follow_symlinks=False)
+            except OSError: pass
+
+_warned = []
+
+def _want_sandbox(sandbox) -> bool:
+    "Whether to sandbox, given `sandbox=True|False|'auto'`: fails for True, warns once for 'auto', where it cannot."
+    if sandbox is False: return False
+    s = sandbox_support()
+    if s['ok']: return True
+    if sandbox is True: raise SandboxUnavailable(f"the sandbox cannot start: {s['why']}; pass sandbox=False to run unsandboxed")
+    if not _warned:
+        _warned.append(1)
+        import warnings
+        warnings.warn(f"rlm_nb: the kernel runs UNSANDBOXED (model code has your user's access to files and network): "
+                      f"{s['why']}", RuntimeWarning, stacklevel=3)
+    return False
 
 _live = weakref.WeakSet()
 
@@ -217,22 +425,31 @@ def _error_output(ename, evalue):
 class KernelREPL:
     "A dedicated ipykernel, driven over the Jupyter protocol."
     def __init__(self,
-                 cwd:str|None=None, # working directory; a fresh temporary one by default
+                 cwd:str|None=None, # working directory; a fresh private temporary one by default
                  env:dict|None=None, # extra environment variables (secrets are still removed)
                  startup_timeout:float=60, # seconds to wait for the kernel to be ready
                  interrupt_grace:float=5, # seconds an interrupted cell gets before the kernel is restarted
-                 memory_limit:int|None=None, # address-space limit for the kernel, in bytes
-                 cpu_limit:int|None=None, # CPU-time limit for the kernel, in seconds
+                 sandbox:bool|str='auto', # True: under bubblewrap or fail; False: plain; 'auto': sandboxed where it works
+                 allow_network:bool=False, # let sandboxed code use the network
+                 ro_paths=(), # host paths the sandboxed kernel may read (mounted at the same place)
+                 rw_paths=(), # host paths the sandboxed kernel may read and write
+                 memory_limit:int|None=DEFAULT_LIMITS['memory_limit'], # address space of each kernel process, bytes
+                 cpu_limit:int|None=DEFAULT_LIMITS['cpu_limit'], # CPU seconds of each kernel process
+                 max_processes:int|None=DEFAULT_LIMITS['max_processes'], # processes and threads at once (sandboxed)
+                 max_file_size:int|None=DEFAULT_LIMITS['max_file_size'], # largest file the kernel may write, bytes
                  startup_code:str|None=None, # code run silently after every (re)start
                  on_request:Callable[[str], str]|None=None, # default `on_request` for `execute`
                  on_comm:Callable[[dict], None]|None=None): # default `on_comm` for `execute`
+        if sandbox not in (True, False, 'auto'): raise ValueError(f"sandbox must be True, False or 'auto', not {sandbox!r}")
         self.cwd, self._own_cwd = cwd, cwd is None
         self.extra_env, self.startup_timeout, self.interrupt_grace = env or {}, startup_timeout, interrupt_grace
-        self.memory_limit, self.cpu_limit, self.startup_code = memory_limit, cpu_limit, startup_code
-        self.on_request, self.on_comm, self.km, self.kc = on_request, on_comm, None, None
+        self.sandbox, self.allow_network, self.ro_paths, self.rw_paths = sandbox, allow_network, tuple(ro_paths), tuple(rw_paths)
+        self.limits = dict(memory_limit=memory_limit, cpu_limit=cpu_limit, max_processes=max_processes, max_file_size=max_file_size)
+        self.startup_code, self.on_request, self.on_comm, self.km, self.kc = startup_code, on_request, on_comm, None, None
+        self.sandboxed, self._uid, self._undumpable = None, None, False
         self._wake_r = self._wake_w = self._log = None
 
-    def __repr__(self): return f"KernelREPL(alive={self.is_alive}, cwd={self.cwd!r})"
+    def __repr__(self): return f"KernelREPL(alive={self.is_alive}, sandboxed={self.sandboxed}, cwd={self.cwd!r})"
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.shutdown()
 
@@ -242,12 +459,15 @@ class KernelREPL:
     def start(self):
         "Start the kernel and wait until it answers."
         if self.is_alive: return self
-        if self.cwd is None: self.cwd = tempfile.mkdtemp(prefix='rlm_nb-')
-        ipython_dir = os.path.join(self.cwd, '.ipython')
-        env = kernel_env(extra={'IPYTHONDIR': ipython_dir, 'MPLBACKEND': 'module://matplotlib_inline.backend_inline',
-                                **self.extra_env})
-        self.km = KernelManager(transport='ipc', kernel_spec_manager=_ThisInterpreter(),
-                                connection_file=os.path.join(self.cwd, '.kernel.json'))
+        if self.sandboxed is None: self.sandboxed = _want_sandbox(self.sandbox)
+        if self.sandboxed and self._uid is None and sandbox_support()['own_uid'] and not self.rw_paths:
+            self._uid = _sandbox_uid() # with rw_paths, root's kernel stays root (capless): it must write where root can
+        if self.cwd is None: self.cwd = tempfile.mkdtemp(prefix='rlm_nb-') # mode 0700
+        if self._uid is not None: hand_over(self.cwd, self._uid)
+        if not self.sandboxed and not self._undumpable: hold_undumpable(); self._undumpable = True
+        self.km = _KernelManager(transport='ipc', kernel_spec_manager=_ThisInterpreter(self._argv, self.sandboxed),
+                                 connection_file=os.path.join(self.cwd, '.kernel.json'))
+        self.km.kernel_uid = self._uid
         _live.add(self)
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
@@ -255,32 +475,68 @@ class KernelREPL:
             # the process's own stdout/stderr (not the cells' output, which travels on iopub) go to a log: libzmq and
             # interpreter crash messages would otherwise land in the user's terminal; a dead kernel reports its tail
             self._log = open(os.path.join(self.cwd, '.kernel.log'), 'wb')
-            self.km.start_kernel(env=env, cwd=self.cwd, stdout=self._log, stderr=self._log)
+            self.km.start_kernel(env=self._popen_env(), cwd=self.cwd, stdout=self._log, stderr=self._log)
             self.kc = self.km.client()
             self.kc.start_channels()
-            self.kc.wait_for_ready(timeout=self.startup_timeout)
+            try: self.kc.wait_for_ready(timeout=self.startup_timeout)
+            except RuntimeError as e: raise RuntimeError(f"{e}{self._log_tail()}") from None
             self._poller = zmq.Poller()
             self._wake_r, self._wake_w = os.pipe()
             for s in (self.kc.iopub_channel.socket, self.kc.stdin_channel.socket, self.kc.shell_channel.socket, self._wake_r):
                 self._poller.register(s, zmq.POLLIN)
-            setup = self._limits_code()
-            if self.startup_code: setup += '\n' + self.startup_code
-            if setup.strip():
-                r = self.execute(setup, silent=True, timeout=self.startup_timeout)
-                if not r.ok: raise RuntimeError(f"kernel setup failed:\n{r.text}")
+            self._setup(self._limits_code())
         except BaseException:
             self.shutdown()
             raise
         return self
 
+    def _kernel_env(self) -> dict:
+        return {'IPYTHONDIR': os.path.join(self.cwd, '.ipython'), 'MPLBACKEND': 'module://matplotlib_inline.backend_inline',
+                **self.extra_env}
+
+    def _popen_env(self) -> dict:
+        "The environment of the process jupyter_client starts: bwrap (which clears it), or the kernel itself."
+        return {'PATH': os.environ.get('PATH') or os.defpath} if self.sandboxed else kernel_env(extra=self._kernel_env())
+
+    def _argv(self, argv:list) -> list:
+        "The kernel's command line: limits applied before exec, then bubblewrap when sandboxed."
+        if not self.sandboxed: # max_processes would count all the user's processes: too blunt without a sandbox
+            return (limits_argv(**{**self.limits, 'max_processes': None}) if _HAS_PRLIMIT else []) + argv
+        env = sandbox_env({'USER': 'rlm_nb', 'LOGNAME': 'rlm_nb', **self._kernel_env()})
+        tmp = max(64 * 1024**2, min(self.limits['max_file_size'] or _ram(), _ram() // 8))
+        return limits_argv(**self.limits, own_uid=self._uid is not None) + sandbox_argv(
+            argv, self.cwd, env, self.ro_paths, self.rw_paths, self.allow_network, tmp, self._uid)
+
     def _limits_code(self):
+        "Limits set from inside, where no `prlimit` could set them before exec (macOS)."
+        if self.sandboxed or _HAS_PRLIMIT: return ''
         lines = []
-        for res, val in (('RLIMIT_AS', self.memory_limit), ('RLIMIT_CPU', self.cpu_limit)):
+        for res, val in (('RLIMIT_AS', self.limits['memory_limit']), ('RLIMIT_CPU', self.limits['cpu_limit']),
+                         ('RLIMIT_FSIZE', self.limits['max_file_size'])):
             if val: lines.append(f"__import__('resource').setrlimit(__import__('resource').{res}, ({int(val)}, {int(val)}))")
         return '\n'.join(lines)
 
+    def _setup(self, code=''):
+        if self.startup_code: code += '\n' + self.startup_code
+        if code.strip():
+            r = self.execute(code, silent=True, timeout=self.startup_timeout)
+            if not r.ok: raise RuntimeError(f"kernel setup failed:\n{r.text}")
+
+    def prepare(self,
+                startup_code:str|None=None, # run now and again after every restart
+                on_request:Callable[[str], str]|None=None, # default `on_request` for `execute`
+                on_comm:Callable[[dict], None]|None=None): # default `on_comm` for `execute`
+        "Give a started kernel (one from a `KernelPool`) its session: callbacks, and setup code run now and after restarts."
+        if on_request is not None: self.on_request = on_request
+        if on_comm is not None: self.on_comm = on_comm
+        if self._uid is not None: hand_over(self.cwd, self._uid) # files the caller wrote since the start
+        self.startup_code = startup_code
+        try: self._setup()
+        except BaseException: self.shutdown(); raise
+        return self
+
     def interrupt(self):
-        "Send SIGINT to the kernel: a running cell raises KeyboardInterrupt."
+        "Interrupt the kernel: a running cell raises KeyboardInterrupt (a signal, or a message a sandboxed kernel turns into one)."
         if self.is_alive: self.km.interrupt_kernel()
 
     def shutdown(self, now:bool=False):
@@ -295,6 +551,7 @@ class KernelREPL:
             except Exception as e: log.warning("rlm_nb: kernel shutdown failed: %s", e)
             try: km.cleanup_resources()
             except Exception: pass
+        if self._undumpable and not getattr(self, '_restarting', False): release_undumpable(); self._undumpable = False
         fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
         for fd in fds:
             if fd is not None:
@@ -308,9 +565,9 @@ class KernelREPL:
 
     def restart(self, now:bool=False):
         "Replace the kernel with a fresh one in the same working directory; all state is lost."
-        own, self._own_cwd = self._own_cwd, False
+        own, self._own_cwd, self._restarting = self._own_cwd, False, True
         try: self.shutdown(now)
-        finally: self._own_cwd = own
+        finally: self._own_cwd, self._restarting = own, False
         return self.start()
 
     def _log_tail(self, n:int=1500) -> str:
@@ -394,7 +651,7 @@ class KernelREPL:
                 if not ready and not self.km.is_alive():
                     res.status = 'died'
                     collect.note(_error_output('KernelDied', 'the kernel died while running this cell '
-                                                         '(out of memory, a crash, or os._exit); all variables are gone'
+                                                         '(out of memory, its CPU-time limit, a crash, or os._exit); all variables are gone'
                                                          + self._log_tail()))
                     break
                 if deadline is not None and time.monotonic() >= deadline:
@@ -414,3 +671,63 @@ class KernelREPL:
         if res.status == 'timeout' and not res.restarted:
             res.outputs.append(_error_output('CellTimeout', f'the cell ran past its {timeout:g}s limit and was interrupted'))
         return res
+
+# %% ../nbs/00_kernel.ipynb
+class KernelPool:
+    "Keeps `n` pristine kernels started; `take()` hands one out and a background thread starts its replacement."
+    def __init__(self, n:int=2, # kernels kept ready
+                 preload:str|None="__import__('rlm_nb.bridge')", # run silently in each new kernel: imports, no variables
+                 **kernel_options): # passed to every KernelREPL (sandbox, limits, mounts, env...); not cwd
+        if 'cwd' in kernel_options: raise ValueError("a pool gives each kernel its own private directory; cwd is not an option")
+        self.n, self.preload, self.kernel_options, self._ready, self._closed = n, preload, kernel_options, [], False
+        self._lock, self._wanted = threading.Condition(), threading.Event()
+        self._errors = [] # the last start failure, re-raised by take() when nothing is ready
+        self._thread = threading.Thread(target=self._fill, daemon=True, name='rlm_nb-pool')
+        _pools.add(self)
+        self._wanted.set(); self._thread.start()
+
+    def __repr__(self): return f"KernelPool(n={self.n}, ready={self.ready})"
+    @property
+    def ready(self) -> int: return len(self._ready) # kernels waiting to be taken
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+    def _fill(self):
+        while not self._closed:
+            self._wanted.wait(); self._wanted.clear()
+            while not self._closed and len(self._ready) < self.n:
+                try:
+                    k = KernelREPL(**self.kernel_options).start()
+                    if self.preload and not k.execute(self.preload, silent=True, timeout=k.startup_timeout).ok:
+                        k.shutdown(); raise RuntimeError(f"the pool's preload failed: {self.preload}")
+                except BaseException as e:
+                    with self._lock: self._errors[:] = [e]; self._lock.notify_all()
+                    break # the next take() starts one itself and raises if it fails
+                with self._lock:
+                    if self._closed: k.shutdown(); return
+                    self._ready.append(k); self._errors.clear(); self._lock.notify_all()
+
+    def take(self, timeout:float|None=None) -> KernelREPL:
+        """A started, never used kernel in its own private directory `k.cwd`. Write the session's input files there,
+        then call `k.prepare(startup_code, on_request, on_comm)`, which runs the setup now and after every restart."""
+        if self._closed: raise RuntimeError("the kernel pool is closed")
+        with self._lock:
+            if not self._ready and not self._errors: self._lock.wait_for(lambda: self._ready or self._errors or self._closed, timeout)
+            k = self._ready.pop(0) if self._ready else None
+        self._wanted.set()
+        if k is None: k = KernelREPL(**self.kernel_options).start() # cold: the pool could not keep up, or failed
+        if not k.is_alive: k.shutdown(); return self.take(timeout) # died while waiting
+        return k
+
+    def close(self):
+        "Shut down every kernel still waiting; taken ones belong to their takers. Safe to call twice."
+        with self._lock:
+            self._closed, ready, self._ready = True, self._ready, []
+            self._lock.notify_all()
+        self._wanted.set()
+        for k in ready: k.shutdown()
+        if self._thread is not threading.current_thread(): self._thread.join(60) # a start in flight shuts itself down
+        _pools.discard(self)
+
+_pools = weakref.WeakSet()
+atexit.register(lambda: [p.close() for p in list(_pools)])

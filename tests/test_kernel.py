@@ -160,19 +160,22 @@ def test_shutdown_is_idempotent_and_leaves_nothing_behind():
     assert gone(pid)
 
 
-def test_kernel_sees_no_secrets_and_runs_in_its_own_temp_dir(monkeypatch, tmp_path):
+@pytest.mark.parametrize('sandbox', [False, 'auto'])
+def test_kernel_sees_no_secrets_and_runs_in_its_own_temp_dir(monkeypatch, tmp_path, sandbox):
     secrets = ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'AWS_SECRET_ACCESS_KEY', 'MY_SERVICE_TOKEN']
     for name in secrets: monkeypatch.setenv(name, 'sk-secret-value-1234567890')
     monkeypatch.setenv('RLM_NB_HARMLESS', 'visible')
     monkeypatch.chdir(tmp_path)
-    with KernelREPL() as k:
+    with KernelREPL(sandbox=sandbox, env={'RLM_NB_GIVEN': 'given'}) as k:
         r = k.execute(f'import os, json\nprint(json.dumps({{"seen": [n for n in {secrets!r} if n in os.environ], '
                       '"path": os.environ.get("PATH"), "harmless": os.environ.get("RLM_NB_HARMLESS"), '
+                      '"given": os.environ.get("RLM_NB_GIVEN"), '
                       '"values": [v for v in os.environ.values() if "sk-secret" in v], "cwd": os.getcwd()}))')
         seen = json.loads(r.text)
-        cwd = k.cwd
+        cwd, sandboxed = k.cwd, k.sandboxed
     assert seen['seen'] == [] and seen['values'] == []
-    assert seen['path'] == os.environ['PATH'] and seen['harmless'] == 'visible'
+    assert seen['path'] == os.environ['PATH'] and seen['given'] == 'given'
+    assert seen['harmless'] == (None if sandboxed else 'visible') # a sandbox starts from a cleared environment
     assert os.path.realpath(seen['cwd']) == os.path.realpath(cwd) != os.path.realpath(tmp_path)
     assert not os.path.exists(cwd)
 
