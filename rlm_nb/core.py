@@ -8,7 +8,7 @@ import ast, re, os, sys, time, json, tempfile, shutil, keyword, builtins, signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from .kernel import KernelREPL, CellResult
+from .kernel import KernelREPL, CellResult, cap_output_code, SandboxUnavailable
 from .bridge import Bridge, InputFile, install_code, write_input, describe_input, tool_spec, Recording, recording_units, replay_handler
 from .lm import as_lm, model_name, check_model, ModelError, CompletionCache, LM, ScriptedLM, _litellm
 from .events import *
@@ -243,6 +243,11 @@ class RLM:
                  system_prompt:str|None=None, # replaces SYSTEM_PROMPT; may use {inputs}, {tools}, {chunk}
                  verbose:bool=True, # print one progress line per iteration to stderr
                  trace:str|Path|None=None, # write every event of each run to this JSONL file
+                 sandbox:bool|str='auto', # run the kernel under bubblewrap: True, False, or 'auto' (where it works)
+                 allow_network:bool=False, # let sandboxed code reach the network
+                 ro_paths:list=(), # extra paths the sandboxed kernel may read
+                 rw_paths:list=(), # extra paths the sandboxed kernel may write
+                 pool=None, # a `KernelPool` to take warm kernels from (sessions with path inputs start their own)
                  kernel_options:dict|None=None, # passed to KernelREPL, e.g. memory_limit
                  **lm_params): # passed to litellm, e.g. temperature=0
         if 'max_tokens' in lm_params:
@@ -258,7 +263,9 @@ class RLM:
         self.context_window, self.max_repeats = context_window, max_repeats
         self.tools, self.concurrency, self.cache, self.max_depth, self.depth = list(tools or []), concurrency, cache, max_depth, 0
         self.system_prompt, self.verbose, self.trace = system_prompt or SYSTEM_PROMPT, verbose, trace
-        self.kernel_options = kernel_options or {}
+        self.kernel_options = {'sandbox': sandbox, 'allow_network': allow_network, 'ro_paths': tuple(ro_paths),
+                               'rw_paths': tuple(rw_paths), **(kernel_options or {})}
+        self.pool = pool
         self.events = EventStream()
         for t in self.tools:
             if not callable(t) or not getattr(t, '__name__', '').isidentifier(): raise TypeError(f"tools must be named functions, not {t!r}")
@@ -400,9 +407,11 @@ def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume
     if self.verbose: subs.append(self.events.subscribe(ProgressPrinter()))
     if self.trace: subs.append(self.events.subscribe(TraceWriter(self.trace)))
     _clean_stale_sessions()
-    workdir = Path(tempfile.mkdtemp(prefix='rlm_nb-session-'))
+    paths = [os.path.realpath(Path(v).expanduser()) for v in values.values() if isinstance(v, (Path, InputFile))]
+    repl = self.pool.take() if self.pool is not None and not paths else None # mounts are fixed when a kernel starts
+    workdir = Path(repl.cwd if repl else tempfile.mkdtemp(prefix='rlm_nb-session-'))
     (workdir/_OWNER).write_text(str(os.getpid()))
-    bridge = repl = None
+    bridge = None
     exiting = None
     try:
         self.events.emit(SessionStarted(s))
@@ -410,10 +419,12 @@ def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume
         bridge = Bridge(self.sub_lm, self.events, self.tools, self.concurrency, CompletionCache() if self.cache else None,
                         allow=run.allow, rlm=run.child if self.depth < self.max_depth else None,
                         lm_for=lambda name: as_lm(name, **self.lm_kw))
-        setup = install_code({'inputs': specs, 'tools': tools}) + (f"\n{_resume.setup}" if _resume else '') # again after a restart
-        repl = KernelREPL(cwd=str(workdir), startup_code=setup,
-                          on_request=bridge, on_comm=run.on_comm, **self.kernel_options)
-        try: repl.start()
+        setup = '\n'.join([cap_output_code(), install_code({'inputs': specs, 'tools': tools})] +
+                          ([_resume.setup] if _resume else [])) # run again after every restart
+        opts = {**self.kernel_options, 'ro_paths': [*self.kernel_options.get('ro_paths', ()), *paths]}
+        try:
+            if repl is not None: repl.prepare(setup, bridge, run.on_comm)
+            else: repl = KernelREPL(cwd=str(workdir), startup_code=setup, on_request=bridge, on_comm=run.on_comm, **opts).start()
         except RuntimeError as e:
             last = [l for l in str(e).splitlines() if l.strip()][-1:] or ['unknown error']
             raise ValueError(f"the kernel could not load the inputs ({', '.join(values) or 'none'}): {last[0]}") from None

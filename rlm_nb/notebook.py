@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_notebook.ipynb 3
 from __future__ import annotations
-import ast, base64, inspect, json, os, pickle, tempfile, shutil, difflib, textwrap
+import ast, base64, inspect, json, os, re, pickle, tempfile, shutil, difflib, textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 import nbformat
@@ -13,13 +13,13 @@ from .events import *
 from .bridge import (prompt_hash, refusal_message, batch_error, tool_call_text, Recording, ReplayMismatch,
                            recording_units, load_input, install_code, write_input, InputFile)
 from .core import RLM, RLMResult, Resume, replay_cell, comparable_outputs, refusal_of, turns
-from .kernel import KernelREPL
+from .kernel import KernelREPL, cap_output_code
 from .lm import check_model, ModelError
 
 # %% auto 0
 __all__ = ['FORMAT', 'SHIM_MARK', 'INPUTS_MARK', 'SKIP_MAGIC', 'NotebookError', 'shim_code', 'inputs_code', 'to_notebook',
-           'export', 'read_notebook', 'inputs_cell', 'load_session', 'CellComparison', 'ReplayResult', 'replay',
-           'fork_models', 'fork', 'diff_sessions']
+           'export', 'read_notebook', 'inputs_cell', 'load_session', 'CellComparison', 'ReplayResult', 'readable_paths',
+           'replay', 'fork_models', 'fork', 'diff_sessions']
 
 # %% ../nbs/05_notebook.ipynb
 class NotebookError(ValueError):
@@ -157,7 +157,9 @@ def _valid(out:dict) -> dict:
     return {**out, 'data': {k: v if ok(k, v) else str(v) for k, v in out['data'].items()}}
 
 def _iteration_cells(it:Iteration) -> list:
-    head = '## Best-effort answer (the budget had run out)' if it.kind == 'fallback' else f'## Iteration {it.index}'
+    head = {'fallback': '## Best-effort answer (the budget had run out)',
+            'compaction': "## Compaction: the model's notes, which replaced the earlier turns near its context window"
+            }.get(it.kind, f'## Iteration {it.index}')
     note = f"\n\n*root model: {it.usage.prompt_tokens:,} + {it.usage.completion_tokens:,} tokens, {it.latency:.1f}s*"
     md = new_markdown_cell(f"{head}\n\n{it.reasoning.strip() or '*(only code)*'}{note}",
                            metadata={'rlm_nb': {'iteration': {k: v for k, v in it.to_dict().items() if k != 'cells'}}})
@@ -303,6 +305,12 @@ def _setup_for(path:Path) -> str:
     first, _, rest = code.partition('\n')
     return f"{first}\n_rlm_notebook_dir = {str(path.parent.resolve())!r}\n{rest}"
 
+def readable_paths(s:Session, setup:str) -> list:
+    "What a sandboxed kernel must read to run `setup`: the folder it loads inputs from, and the files inputs came from."
+    m = re.search(r"^_rlm_notebook_dir = (.+)$", setup, re.M)
+    folder = [ast.literal_eval(m[1])] if m else []
+    return [*folder, *(i['source'] for i in s.inputs if i.get('source') and Path(i['source']).exists())]
+
 def replay(path, # an exported session notebook
            timeout:float|None=None, # seconds per cell; the session's cell_timeout by default
            on_cell=None): # called with each `CellComparison` as it is made, e.g. to show progress
@@ -313,7 +321,8 @@ def replay(path, # an exported session notebook
     tools = [{'name': n, 'signature': '(*args, **kwargs)', 'doc': ''} for n in s.settings.get('tools', [])]
     timeout = timeout or s.settings.get('cell_timeout') or 120
     res = ReplayResult(s)
-    try: repl = KernelREPL(startup_code=install_code({'inputs': [], 'tools': tools}) + '\n' + setup).start() # again after a restart
+    code = '\n'.join([cap_output_code(), install_code({'inputs': [], 'tools': tools}), setup]) # again after a restart
+    try: repl = KernelREPL(startup_code=code, ro_paths=readable_paths(s, setup)).start()
     except RuntimeError as e: raise NotebookError(f"{path.name}: the inputs cell failed: {str(e).strip().splitlines()[-1]}") from None
     with repl:
         for cell in s.cells:
@@ -323,7 +332,7 @@ def replay(path, # an exported session notebook
     return res
 
 # %% ../nbs/05_notebook.ipynb
-_CARRIED = ('max_iterations', 'max_llm_calls', 'max_tokens', 'max_cost', 'timeout', 'max_errors', 'cell_timeout',
+_CARRIED = ('max_iterations', 'max_llm_calls', 'max_total_tokens', 'max_cost', 'timeout', 'max_errors', 'cell_timeout',
             'max_output_chars', 'concurrency', 'cache')
 
 def _routable(name:str, api_base:str|None=None) -> bool:
@@ -372,7 +381,9 @@ def fork(source, # a session notebook, a trace path, a `Session` or an `RLMResul
         used, given = set(s.settings.get('tools', [])), {t.__name__ for t in rlm_kwargs.get('tools') or []}
         if used - given: raise ValueError(f"the session used the host tools {', '.join(sorted(used - given))}: pass them with tools=[...]")
         kw = {k: s.settings[k] for k in _CARRIED if k in s.settings}
+        if 'max_tokens' in s.settings: kw.setdefault('max_total_tokens', s.settings['max_tokens']) # recorded before the rename
         model, sub_model = fork_models(s, model, sub_model, rlm_kwargs.get('api_base'), rlm_kwargs.get('sub_api_base'))
+        kw['ro_paths'] = [*readable_paths(s, setup), *rlm_kwargs.pop('ro_paths', ())]
         rlm = RLM(model, sub_model, **{**kw, **rlm_kwargs})
         keep = s.system_prompt if 'system_prompt' not in rlm_kwargs and used == given else None # the history starts the same
         res = rlm.resume(f"{s.query} {suffix}".strip(), Resume(s, at, setup, keep))

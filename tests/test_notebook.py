@@ -12,7 +12,7 @@ from helpers import repl, script, rlm, turn, is_fallback, last_user, messages, r
 # ---------------------------------------------------------------------------------------------------------------
 # Two recorded sessions, each run once for the module
 #   'final':  plain and batched sub-calls, an error cell next to an ok cell in one iteration, FINAL_VAR
-#   'budget': max_llm_calls ends it after two sub-calls, and the fallback answer is a text FINAL
+#   'budget': max_llm_calls=2 is used up by two sub-calls, the third is refused, and the fallback answer is a text FINAL
 
 CTX = "ticket 1: printer jam\nticket 2: refund for order ORD-4417 charged twice\nticket 3: password reset"
 QUESTION = "Which order was charged twice?"
@@ -34,7 +34,8 @@ BUDGET_ANSWER = 'a printer jam and a double charge'
 def root_budget(body):
     if is_fallback(body): return f"From the two summaries I have:\nFINAL({BUDGET_ANSWER})"
     replies = ["I will summarize the first ticket.\n" + repl("a = llm_query('Summarize: ' + context.splitlines()[0])\nprint('first:', a)"),
-               "And the second one.\n" + repl("b = llm_query('Summarize: ' + context.splitlines()[1])\nprint('second:', b)")]
+               "And the second one.\n" + repl("b = llm_query('Summarize: ' + context.splitlines()[1])\nprint('second:', b)"),
+               "And the third.\n" + repl("c = llm_query('Summarize: ' + context.splitlines()[2])\nprint('third:', c)")]
     n = turn(body)
     return replies[n - 1] if n <= len(replies) else Fault(400, message=f'budget script: no reply for turn {n}')
 def sub_budget(prompt): return prompt.split(': ', 2)[-1].upper()
@@ -344,10 +345,10 @@ def test_final_session_has_plain_batched_and_error_cells_in_the_notebook(runs, e
 
 def test_budget_session_shows_the_fallback_and_why_it_stopped(runs, exported):
     s = runs('budget').res.session
-    assert [it.kind for it in s.iterations] == ['turn', 'turn', 'fallback']
+    assert [it.kind for it in s.iterations] == ['turn', 'turn', 'turn', 'fallback']  # the third call was refused
     nb = read(exported('budget'))
     md = iteration_cells(nb)
-    assert len(md) == 3 and 'From the two summaries I have:' in md[-1].source
+    assert len(md) == 4 and 'From the two summaries I have:' in md[-1].source
     last = nb.cells[-1]
     assert BUDGET_ANSWER in last.source and 'max_llm_calls' in last.source
 
@@ -695,11 +696,11 @@ def test_a_refused_call_then_FINAL_in_the_same_cell_replays_ok(server, tmp_path)
         try: a = llm_query('hello')
         except Exception as e: a = 'refused'; print(e)
         FINAL(a)""")]))
-    res = rlm(srv, max_tokens=10)("Greet?", context='abc')
+    res = rlm(srv, max_total_tokens=10)("Greet?", context='abc')
     assert res.stop_reason == 'final' and res.answer == 'refused'
-    assert 'budget exhausted (max_tokens)' in res.session.cells[0].text and not sub_requests(srv)
+    assert 'budget exhausted (max_total_tokens)' in res.session.cells[0].text and not sub_requests(srv)
     rr = rlm_nb.replay(res.export(tmp_path/'refusal.ipynb'))
-    assert rr.ok and 'budget exhausted (max_tokens)' in stream_text(rr.cells[0].replayed)
+    assert rr.ok and 'budget exhausted (max_total_tokens)' in stream_text(rr.cells[0].replayed)
 
 
 def test_an_extra_call_in_the_replay_is_a_mismatch_even_with_max_llm_calls_set(server, tmp_path):
