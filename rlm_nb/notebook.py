@@ -305,11 +305,14 @@ def _setup_for(path:Path) -> str:
     first, _, rest = code.partition('\n')
     return f"{first}\n_rlm_notebook_dir = {str(path.parent.resolve())!r}\n{rest}"
 
-def readable_paths(s:Session, setup:str) -> list:
-    "What a sandboxed kernel must read to run `setup`: the folder it loads inputs from, and the files inputs came from."
+_LOADED = re.compile(r"""_load\(\{'path': (str\(_here/)?('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+def readable_paths(setup:str) -> list:
+    "The files a sandboxed kernel must read to run an inputs cell `setup` (files, not folders: a folder may be private)."
     m = re.search(r"^_rlm_notebook_dir = (.+)$", setup, re.M)
-    folder = [ast.literal_eval(m[1])] if m else []
-    return [*folder, *(i['source'] for i in s.inputs if i.get('source') and Path(i['source']).exists())]
+    here = Path(ast.literal_eval(m[1])) if m else Path('.')
+    found = [here/ast.literal_eval(lit) if rel else Path(ast.literal_eval(lit)) for rel, lit in _LOADED.findall(setup)]
+    return [str(p.resolve()) for p in found if p.is_file()]
 
 def replay(path, # an exported session notebook
            timeout:float|None=None, # seconds per cell; the session's cell_timeout by default
@@ -322,7 +325,7 @@ def replay(path, # an exported session notebook
     timeout = timeout or s.settings.get('cell_timeout') or 120
     res = ReplayResult(s)
     code = '\n'.join([cap_output_code(), install_code({'inputs': [], 'tools': tools}), setup]) # again after a restart
-    try: repl = KernelREPL(startup_code=code, ro_paths=readable_paths(s, setup)).start()
+    try: repl = KernelREPL(startup_code=code, ro_paths=readable_paths(setup)).start()
     except RuntimeError as e: raise NotebookError(f"{path.name}: the inputs cell failed: {str(e).strip().splitlines()[-1]}") from None
     with repl:
         for cell in s.cells:
@@ -383,7 +386,7 @@ def fork(source, # a session notebook, a trace path, a `Session` or an `RLMResul
         kw = {k: s.settings[k] for k in _CARRIED if k in s.settings}
         if 'max_tokens' in s.settings: kw.setdefault('max_total_tokens', s.settings['max_tokens']) # recorded before the rename
         model, sub_model = fork_models(s, model, sub_model, rlm_kwargs.get('api_base'), rlm_kwargs.get('sub_api_base'))
-        kw['ro_paths'] = [*readable_paths(s, setup), *rlm_kwargs.pop('ro_paths', ())]
+        kw['ro_paths'] = [*readable_paths(setup), *rlm_kwargs.pop('ro_paths', ())]
         rlm = RLM(model, sub_model, **{**kw, **rlm_kwargs})
         keep = s.system_prompt if 'system_prompt' not in rlm_kwargs and used == given else None # the history starts the same
         res = rlm.resume(f"{s.query} {suffix}".strip(), Resume(s, at, setup, keep))
