@@ -26,11 +26,12 @@ class Usage:
     known_cost: float = 0.0 # USD of the calls that had a price
     calls: int = 0
     unpriced_calls: int = 0 # calls whose price litellm does not know
+    free_calls: int = 0 # calls known to cost nothing: a scripted model, or a model declared free
 
     @classmethod
-    def of_call(cls, prompt_tokens:int, completion_tokens:int, cost:float|None):
-        "Usage of a single call; `cost=None` means the price is unknown."
-        return cls(prompt_tokens or 0, completion_tokens or 0, cost or 0.0, 1, int(cost is None))
+    def of_call(cls, prompt_tokens:int, completion_tokens:int, cost:float|None, free:bool=False):
+        "Usage of a single call; `cost=None` means the price is unknown, `free` that it is known to be nothing."
+        return cls(prompt_tokens or 0, completion_tokens or 0, 0.0 if free else cost or 0.0, 1, int(cost is None and not free), int(free))
 
     @property
     def total_tokens(self): return self.prompt_tokens + self.completion_tokens
@@ -42,9 +43,13 @@ class Usage:
     def __add__(self, o:Usage):
         return Usage(*(getattr(self, f.name) + getattr(o, f.name) for f in fields(self)))
 
-    def cost_str(self):
-        if not self.unpriced_calls: return f"${self.known_cost:.4f}"
+    def cost_str(self) -> str:
+        "The cost as a person should read it: '$0.0012', 'free', '$0.0012 (+ free calls)', 'unknown', ..."
+        priced = self.calls - self.unpriced_calls - self.free_calls
+        if self.calls and self.free_calls == self.calls: return "free"
+        if not self.unpriced_calls: return f"${self.known_cost:.4f}" + (" (+ free calls)" if self.free_calls else '')
         if self.unpriced_calls == self.calls: return "unknown"
+        if not priced: return "unknown (the other calls free)"
         return f"unknown (≥ ${self.known_cost:.4f} priced)"
 
     def to_dict(self): return asdict(self)

@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from typing import Callable
 
 # %% auto 0
-__all__ = ['Fault', 'completion_json', 'ScriptedServer']
+__all__ = ['Fault', 'Reply', 'completion_json', 'ScriptedServer']
 
 # %% ../nbs/09_testing.ipynb
 @dataclass
@@ -20,10 +20,16 @@ class Fault:
     delay:float = 0.0
     message:str = 'injected fault'
 
-def completion_json(text:str, model:str, prompt_tokens:int, completion_tokens:int, n:int) -> dict:
+@dataclass
+class Reply:
+    "An answer with an explicit finish_reason, e.g. `Reply('```repl\\nx = (', 'length')` for a reply cut at its cap."
+    text:str
+    finish_reason:str = 'stop'
+
+def completion_json(text:str, model:str, prompt_tokens:int, completion_tokens:int, n:int, finish_reason:str='stop') -> dict:
     "An OpenAI chat.completion response body."
     return {'id': f'chatcmpl-{n}', 'object': 'chat.completion', 'created': int(time.time()), 'model': model,
-            'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': 'stop'}],
+            'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': finish_reason}],
             'usage': {'prompt_tokens': prompt_tokens, 'completion_tokens': completion_tokens,
                       'total_tokens': prompt_tokens + completion_tokens}}
 
@@ -98,7 +104,9 @@ class ScriptedServer:
                 return reply.status, {'error': {'message': reply.message, 'type': 'server_error', 'code': reply.status}}
             if self.delay: time.sleep(self.delay)
             with self._lock: record['answered'] = True
+            text, finish = (reply.text, reply.finish_reason) if isinstance(reply, Reply) else (str(reply), 'stop')
+            if isinstance(cap := body.get('max_tokens'), int) and len(text) > 4 * cap: text, finish = text[:4 * cap], 'length'
             prompt = sum(len(str(m.get('content', ''))) for m in body.get('messages', []))
-            return 200, completion_json(str(reply), body.get('model', 'scripted'), max(1, prompt // 4), max(1, len(str(reply)) // 4), next(self._n))
+            return 200, completion_json(text, body.get('model', 'scripted'), max(1, prompt // 4), max(1, len(text) // 4), next(self._n), finish)
         finally:
             with self._lock: self.in_flight -= 1
