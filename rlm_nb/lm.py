@@ -164,6 +164,7 @@ def check_model(model:str, api_base:str|None=None, api_key:str|None=None,
 # %% ../nbs/02_lm.ipynb
 class ScriptedLM:
     "A model that answers from a script: a list of replies, or a function of the messages."
+    free = True # its calls cost nothing, and say so
     def __init__(self,
                  responses:list|Callable, # replies in order (str, or a `Completion` for its text and finish_reason), or `fn(messages) -> str`
                  model:str='scripted', # the name shown in records
