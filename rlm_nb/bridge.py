@@ -177,7 +177,8 @@ class KernelBridge:
     def origin(self) -> float|None:
         "When the cell that this code works for started: the one that started this thread, task or pool job."
         t = _CELL.get()
-        if t is None: t = getattr(threading.current_thread(), '_rlm_nb_cell', None)
+        if t is None: # not current_thread(): called from Thread.__init__, it would recurse for a thread threading didn't start
+            t = getattr(threading._active.get(threading.get_ident()), '_rlm_nb_cell', None)
         return self.cell_started if t is None else t
 
     def notify(self, op:str, **data): self.comm.send({'op': op, **data})
