@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from typing import Callable
 
 # %% auto 0
-__all__ = ['Fault', 'Reply', 'completion_json', 'ScriptedServer']
+__all__ = ['Fault', 'ScriptedReply', 'completion_json', 'ScriptedServer']
 
 # %% ../nbs/09_testing.ipynb
 @dataclass
@@ -21,8 +21,8 @@ class Fault:
     message:str = 'injected fault'
 
 @dataclass
-class Reply:
-    "An answer with an explicit finish_reason, e.g. `Reply('```repl\\nx = (', 'length')` for a reply cut at its cap."
+class ScriptedReply:
+    "An answer with an explicit finish_reason, e.g. `ScriptedReply('```repl\\nx = (', 'length')` for a reply cut at its cap."
     text:str
     finish_reason:str = 'stop'
 
@@ -104,7 +104,7 @@ class ScriptedServer:
                 return reply.status, {'error': {'message': reply.message, 'type': 'server_error', 'code': reply.status}}
             if self.delay: time.sleep(self.delay)
             with self._lock: record['answered'] = True
-            text, finish = (reply.text, reply.finish_reason) if isinstance(reply, Reply) else (str(reply), 'stop')
+            text, finish = (reply.text, reply.finish_reason) if isinstance(reply, ScriptedReply) else (str(reply), 'stop')
             if isinstance(cap := body.get('max_tokens'), int) and len(text) > 4 * cap: text, finish = text[:4 * cap], 'length'
             prompt = sum(len(str(m.get('content', ''))) for m in body.get('messages', []))
             return 200, completion_json(text, body.get('model', 'scripted'), max(1, prompt // 4), max(1, len(text) // 4), next(self._n), finish)
