@@ -5,15 +5,16 @@
 # %% ../nbs/01_bridge.ipynb 3
 from __future__ import annotations
 import json, os, sys, threading, itertools, time, builtins, getpass, pickle, contextvars, types, inspect, mmap
+import bisect, dataclasses, keyword, queue
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, Future, CancelledError
 from typing import Callable
 
 # %% auto 0
-__all__ = ['PREFIX', 'COMM_TARGET', 'encode_request', 'decode_request', 'ok', 'fail', 'InputFile', 'write_input', 'load_input',
-           'describe_input', 'BridgeError', 'KernelBridge', 'install', 'install_code', 'refusal_message', 'batch_error',
-           'tool_call_text', 'tool_spec', 'Bridge', 'prompt_hash', 'ReplayMismatch', 'Recording', 'recording_units',
-           'replay_handler']
+__all__ = ['PREFIX', 'COMM_TARGET', 'RESERVED_NAMES', 'ABANDONED', 'encode_request', 'decode_request', 'ok', 'fail', 'InputFile',
+           'write_input', 'load_input', 'describe_input', 'BridgeError', 'KernelBridge', 'install', 'install_code',
+           'check_tools', 'refusal_message', 'batch_error', 'tool_call_text', 'tool_spec', 'Bridge', 'prompt_hash',
+           'ReplayMismatch', 'Recording', 'recording_units', 'replay_handler']
 
 # %% ../nbs/01_bridge.ipynb
 PREFIX = '\x00rlm_nb:1:'
@@ -93,16 +94,26 @@ def load_input(spec:dict):
 # %% ../nbs/01_bridge.ipynb
 def _clip(s:str, n:int) -> str: return s if len(s) <= n else s[:n] + f'… [{len(s)-n:,} more chars]'
 
+_DESCRIBE_LIMIT = 64 << 20 # a file up to this size is read to describe it exactly as the kernel will hold it
+
+def _describe_file(name:str, path:Path, preview:int) -> dict:
+    "An input file described as the variable the kernel loads from it: no file name, which the model would try to open."
+    size, fmt = path.stat().st_size, _format_of(path)
+    d = None
+    if fmt in ('text', 'json') and size <= _DESCRIBE_LIMIT:
+        try: d = describe_input(name, load_input({'path': str(path), 'format': fmt}), preview)
+        except ValueError: pass # not valid JSON: the kernel will say so when it loads it
+    if d is None:
+        kind = {'text': 'str', 'json': 'JSON data', 'pickle': 'a pickled object', 'parquet': 'a DataFrame'}[fmt]
+        with open(path, 'rb') as f: head = f.read(preview).decode('utf-8', 'replace')
+        d = {'name': name, 'type': kind, 'size': size, 'summary': f"{kind}, {size:,} bytes on disk",
+             'preview': head if fmt in ('text', 'json') else f'({fmt} data)'}
+    return {**d, 'source': str(path), 'summary': d['summary'] + ' (already loaded from a file)'}
+
 def describe_input(name:str, value, preview:int=500) -> dict:
     "Type, size, structure and a short preview of an input, for the root prompt."
     if isinstance(value, InputFile) and value.description: return {**value.description, 'name': name}
-    if isinstance(value, (Path, InputFile)):
-        path = Path(value); size, fmt = path.stat().st_size, _format_of(path)
-        with open(path, 'rb') as f: head = f.read(preview).decode('utf-8', 'replace')
-        kind = {'text': 'str', 'json': 'JSON data', 'pickle': 'a pickled object', 'parquet': 'a DataFrame'}[fmt]
-        return {'name': name, 'type': kind, 'source': str(path), 'size': size,
-                'summary': f"{kind} read from the file {path.name} ({size:,} bytes)",
-                'preview': head if fmt in ('text', 'json') else f'({fmt} file)'}
+    if isinstance(value, (Path, InputFile)): return _describe_file(name, Path(value), preview)
     if isinstance(value, str):
         lines = value.count('\n') + 1
         return {'name': name, 'type': 'str', 'size': len(value), 'summary': f"str, {len(value):,} chars, {lines:,} lines",
@@ -135,24 +146,46 @@ def _as_text(x) -> str:
     try: return json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else str(x)
     except (TypeError, ValueError): return str(x)
 
+_CELL = contextvars.ContextVar('rlm_nb_cell', default=None) # when the cell a task or pool job works for started
+
 class KernelBridge:
     "The kernel side of the bridge: the functions model code calls."
     def __init__(self, shell, config:dict):
         from comm import create_comm
         self.shell, self.kernel, self.config = shell, shell.kernel, config
         self._lock, self._ids, self._ctx = threading.Lock(), itertools.count(1), None
+        self.cell_started, self.reserved = None, {} # time.time() the running (or last) cell began; name -> our function
         self.comm = create_comm(target_name=COMM_TARGET, data={'op': 'hello', 'version': 1})
         shell.events.register('pre_run_cell', self._pre_run_cell)
+        shell.events.register('post_run_cell', self._post_run_cell)
 
     def _pre_run_cell(self, info=None):
+        self.cell_started = time.time()
+        _CELL.set(self.cell_started)
         self._ctx = contextvars.copy_context()
         builtins.input, getpass.getpass = _no_input, _no_input
+
+    def _post_run_cell(self, result=None):
+        "Put back any REPL function the cell redefined or deleted, and say so in the cell's output."
+        ns = self.shell.user_ns
+        broken = [k for k, fn in self.reserved.items() if ns.get(k) is not fn]
+        for k in broken: ns[k] = self.reserved[k]
+        if broken:
+            print(f"[rlm_nb: {', '.join(broken)} {'is' if len(broken) == 1 else 'are'} reserved by the REPL and "
+                  f"{'was' if len(broken) == 1 else 'were'} restored; give your own variables other names]", file=sys.stderr)
+
+    def origin(self) -> float|None:
+        "When the cell that this code works for started: the one that started this thread, task or pool job."
+        t = _CELL.get()
+        if t is None: # not current_thread(): called from Thread.__init__, it would recurse for a thread threading didn't start
+            t = getattr(threading._active.get(threading.get_ident()), '_rlm_nb_cell', None)
+        return self.cell_started if t is None else t
 
     def notify(self, op:str, **data): self.comm.send({'op': op, **data})
 
     def request(self, op:str, **payload):
         "Send a request to the host and block for its reply."
-        prompt = encode_request(op, next(self._ids), **payload)
+        prompt = encode_request(op, next(self._ids), cell=self.origin(), **payload)
         with self._lock:
             try:
                 if threading.current_thread() is threading.main_thread() or self._ctx is None: raw = self.kernel.raw_input(prompt)
@@ -225,6 +258,21 @@ class KernelBridge:
         return stub
 
 # %% ../nbs/01_bridge.ipynb
+def _inherit_cell(bridge:KernelBridge):
+    "Make threads and thread-pool jobs carry the cell that started them, so their sub-calls are filed under that cell."
+    init, submit = threading.Thread.__init__, ThreadPoolExecutor.submit
+    def thread_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._rlm_nb_cell = bridge.origin()
+    def pool_submit(self, fn, /, *args, **kwargs):
+        started = bridge.origin()
+        def job(*args, **kwargs):
+            token = _CELL.set(started)
+            try: return fn(*args, **kwargs)
+            finally: _CELL.reset(token)
+        return submit(self, job, *args, **kwargs)
+    threading.Thread.__init__, ThreadPoolExecutor.submit = thread_init, pool_submit
+
 def install(config:dict):
     "Set up the bridge in the current kernel: load inputs and define the RLM functions."
     shell = get_ipython() # noqa: F821 -- only called inside an IPython kernel
@@ -233,7 +281,8 @@ def install(config:dict):
              'FINAL': bridge.FINAL, 'FINAL_VAR': bridge.FINAL_VAR, 'SHOW_VARS': bridge.SHOW_VARS,
              **{t['name']: bridge.tool_stub(t) for t in config.get('tools', [])}}
     shell.push(names, interactive=False)
-    shell.user_ns['_rlm_bridge'] = bridge
+    shell.user_ns['_rlm_bridge'], bridge.reserved = bridge, names
+    _inherit_cell(bridge)
     loaded = []
     for spec in config.get('inputs', []):
         t = time.monotonic()
@@ -242,7 +291,7 @@ def install(config:dict):
         loaded.append({'name': spec['name'], 'type': type(value).__name__,
                        'size': len(value) if hasattr(value, '__len__') else None, 'seconds': round(time.monotonic() - t, 3)})
     bridge.notify('inputs_loaded', inputs=loaded)
-    bridge._pre_run_cell()
+    builtins.input, getpass.getpass = _no_input, _no_input
 
 def install_code(config:dict) -> str:
     "The code that installs the bridge with `config` in a kernel."
@@ -250,7 +299,25 @@ def install_code(config:dict) -> str:
 
 # %% ../nbs/01_bridge.ipynb
 from .events import EventStream, SubCall, SubCallStarted, SubCallFinished, Usage
-from .lm import as_lm, as_messages, model_name, CompletionCache, ModelError
+from .lm import as_lm, as_messages, model_name, complete_by, CompletionCache, ModelError
+
+RESERVED_NAMES = ('llm_query', 'llm_query_batched', 'rlm_query', 'FINAL', 'FINAL_VAR', 'SHOW_VARS')
+
+def check_tools(tools) -> list:
+    "The tools as a list, or a one-line error for the first one the kernel could not offer under its name."
+    tools, seen = list(tools or []), set()
+    for t in tools:
+        name = getattr(t, '__name__', None)
+        if not callable(t) or not isinstance(name, str): raise TypeError(f"tools must be named functions, not {t!r}")
+        if name == '<lambda>': raise ValueError("a tool must have a name the model can call: define it with def, not lambda")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"tool name {name!r} is not a name Python code can call; rename the function")
+        if name in RESERVED_NAMES: raise ValueError(f"a tool named {name!r} would replace the REPL function of that name; rename it")
+        if hasattr(builtins, name): raise ValueError(f"a tool named {name!r} would hide the Python builtin {name}(); rename it")
+        if name.startswith('_'): raise ValueError(f"tool name {name!r} starts with an underscore, which the REPL keeps for itself; rename it")
+        if name in seen: raise ValueError(f"two tools are named {name!r}; each tool needs its own name")
+        seen.add(name)
+    return tools
 
 def refusal_message(reason:str, n:int) -> str:
     return f"budget exhausted ({reason}): {n} more sub-call(s) refused; finish with what you have"
@@ -270,6 +337,42 @@ def tool_spec(fn:Callable) -> dict:
     except (TypeError, ValueError): sig = '(...)'
     return {'name': fn.__name__, 'signature': sig, 'doc': inspect.getdoc(fn) or ''}
 
+ABANDONED = 'abandoned: the session ended before this call finished'
+
+# %% ../nbs/01_bridge.ipynb
+class _Workers:
+    "A fixed number of daemon threads running queued jobs: unlike ThreadPoolExecutor's, they never hold up the exit."
+    def __init__(self, n:int): self.n, self._q, self._threads, self._lock = n, queue.SimpleQueue(), 0, threading.Lock()
+
+    def submit(self, fn, *args) -> Future:
+        fut = Future()
+        with self._lock:
+            if self._threads < self.n:
+                self._threads += 1
+                threading.Thread(target=self._work, daemon=True, name='rlm_nb-sub').start()
+        self._q.put((fut, fn, args))
+        return fut
+
+    def _work(self):
+        while (job := self._q.get()) is not None:
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel(): continue
+            try: fut.set_result(fn(*args))
+            except BaseException as e: fut.set_exception(e)
+
+    def shutdown(self):
+        "Cancel the jobs not started; running ones end on their own threads, which nobody waits for."
+        while True:
+            try: job = self._q.get_nowait()
+            except queue.Empty: break
+            if job is not None: job[0].cancel()
+        for _ in range(self._threads): self._q.put(None)
+
+# %% ../nbs/01_bridge.ipynb
+def _error_text(kind:str, e:BaseException) -> str:
+    if kind == 'tool': return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__ # KeyError: 'apple', not 'apple'
+    return str(e) or type(e).__name__
+
 class Bridge:
     "Host-side dispatcher for requests from the kernel."
     def __init__(self,
@@ -280,23 +383,69 @@ class Bridge:
                  cache:CompletionCache|None=None, # reuse answers to identical sub-calls
                  allow:Callable|None=None, # allow(n, calls, usage) returns a reason to refuse n more calls, or None
                  rlm:Callable|None=None, # runs a child RLM: fn(prompt, input_spec, model) -> (answer, Usage, error or None)
-                 lm_for:Callable[[str], object]|None=None): # builds a model from a name passed as model=
+                 lm_for:Callable[[str], object]|None=None, # builds a model from a name passed as model=
+                 deadline:float|Callable|None=None): # time.monotonic() by which sub-calls must end, or fn() -> it (or None)
         self.sub_lm, self.events = as_lm(sub_lm), events or EventStream()
-        self.tools = {t.__name__: t for t in tools or []}
-        self.cache, self.allow, self.rlm = cache, allow, rlm
+        self.tools = {t.__name__: t for t in check_tools(tools)}
+        self.cache, self.allow, self.rlm, self._deadline = cache, allow, rlm, deadline
         self.lm_for = lm_for or as_lm
-        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix='rlm_nb-sub')
-        self._ids, self._batches, self._lock = itertools.count(1), itertools.count(1), threading.Lock()
-        self._models, self._cell, self._reserved, self.position = {}, [], 0, (None, None)
+        self._workers = _Workers(max(1, concurrency))
+        self._ids, self._batches, self._lock, self._emitting = itertools.count(1), itertools.count(1), threading.Lock(), threading.RLock()
+        self._models, self._reserved, self._inflight = {}, 0, {} # in flight: SubCall id -> (SubCall, its cell's list, Usage if abandoned)
+        self._cells, self._starts = [], [] # ((iteration, cell), live list of SubCalls) per cell, and when each began
+        self._loose = [] # calls from outside any cell of this bridge
+        self._open, self.position = self._loose, (None, None)
         self.calls, self.usage = 0, Usage() # running totals over the session, so budget checks cost O(1)
         self.refused: str|None = None # the budget that refused a call, if any
+        self.closed = False
 
-    def begin_cell(self, iteration:int, cell:int): self.position, self._cell = (iteration, cell), []
-    def end_cell(self) -> list:
-        with self._lock: calls, self._cell = sorted(self._cell, key=lambda s: s.id), []
+    def deadline(self) -> float|None:
+        "The `time.monotonic()` by which sub-calls must end, if any."
+        return self._deadline() if callable(self._deadline) else self._deadline
+
+    def begin_cell(self, iteration:int, cell:int) -> list:
+        "Open the record of a cell; returns its live list of sub-calls, to which late calls are added too."
+        with self._lock:
+            calls = []
+            self._cells.append(((iteration, cell), calls)); self._starts.append(time.time())
+            self._open, self.position = calls, (iteration, cell)
         return calls
 
-    def close(self): self._pool.shutdown(wait=False, cancel_futures=True)
+    def end_cell(self) -> list:
+        "Close the open cell and return its sub-calls so far, in order (the same list `begin_cell` returned)."
+        with self._lock:
+            calls, self._open = self._open, None
+            if calls is None: return []
+            if calls is self._loose: self._loose = [] # calls made with no begin_cell are handed over once
+            calls.sort(key=lambda s: s.id)
+        return calls
+
+    def _home(self, started:float|None) -> tuple:
+        "(position, list) of the cell whose code made a request; `started` is when that cell began, per the kernel."
+        if started is not None and self._starts:
+            i = bisect.bisect_right(self._starts, started) - 1
+            return self._cells[i] if i >= 0 else ((None, None), self._loose)
+        if self._open is not None: return self.position, self._open
+        return self._cells[-1] if self._cells else ((None, None), self._loose)
+
+    def close(self):
+        "Return at once: calls still running are recorded as abandoned on their cells, and nothing is emitted after."
+        with self._emitting:
+            with self._lock:
+                if self.closed: return
+                self.closed, left, self._inflight = True, list(self._inflight.values()), {}
+                gone = []
+                for sc, calls, usage in left:
+                    sc = dataclasses.replace(sc, error=ABANDONED, usage=usage) # the thread still running keeps its own copy
+                    bisect.insort(calls, sc, key=lambda s: s.id)
+                    self.calls, self.usage = self.calls + 1, self.usage + usage
+                    gone.append(sc)
+            for sc in gone: self.events.emit(SubCallFinished(sc))
+        self._workers.shutdown()
+
+    def _emit(self, event):
+        with self._emitting:
+            if not self.closed: self.events.emit(event)
 
     def __call__(self, prompt:str) -> str:
         "Answer one input_request prompt from the kernel."
@@ -306,12 +455,14 @@ class Bridge:
         op = req.get('op')
         handler = getattr(self, f'_op_{op}', None)
         if handler is None: return fail(f"unknown bridge operation {op!r}")
-        try: return ok(handler(req))
+        with self._lock: home = self._home(req.get('cell'))
+        try: return ok(handler(req, home))
         except Exception as e: return fail(str(e) or type(e).__name__)
 
     def _check(self, n):
         "Reserve `n` calls against the budget, or raise why they are refused."
         with self._lock:
+            if self.closed: raise RuntimeError("the session has ended")
             reason = self.allow(n, self.calls + self._reserved, self.usage) if self.allow else None
             if not reason: self._reserved += n
         if reason:
@@ -324,59 +475,67 @@ class Bridge:
             if name not in self._models: self._models[name] = self.lm_for(name)
             return self._models[name]
 
-    def _record(self, kind, prompt, model, run, batch=None) -> SubCall:
-        it, cell = self.position
-        with self._lock: sc = SubCall(next(self._ids), kind, prompt, model, batch=batch, iteration=it, cell=cell)
-        self.events.emit(SubCallStarted(sc))
+    def _record(self, kind, prompt, model, run, home, batch=None, if_abandoned:Usage|None=None) -> SubCall:
+        (it, cell), calls = home
+        with self._lock:
+            sc = SubCall(next(self._ids), kind, prompt, model, batch=batch, iteration=it, cell=cell)
+            self._inflight[sc.id] = (sc, calls, if_abandoned or Usage())
+        self._emit(SubCallStarted(sc))
         start = time.monotonic()
         try: run(sc)
-        except BaseException as e: sc.error = str(e) or type(e).__name__ # a tool's SystemExit must not end the host
+        except BaseException as e: sc.error = _error_text(kind, e) # a tool's SystemExit must not end the host
         sc.latency = sc.latency or time.monotonic() - start
         with self._lock:
-            self._cell.append(sc)
+            if self._inflight.pop(sc.id, None) is None: return sc # abandoned by close(): already recorded
+            bisect.insort(calls, sc, key=lambda s: s.id)
             self.calls, self.usage, self._reserved = self.calls + 1, self.usage + sc.usage, max(0, self._reserved - 1)
-        self.events.emit(SubCallFinished(sc))
+        self._emit(SubCallFinished(sc))
         return sc
 
-    def _complete(self, prompt, model, batch=None) -> SubCall:
+    def _complete(self, prompt, model, home, batch=None) -> SubCall:
         lm = self._model(model)
         def run(sc):
             msgs = as_messages(prompt)
             hit = self.cache.get(sc.model, msgs) if self.cache is not None else None
             if hit is not None: sc.response, sc.cached, sc.latency = hit.text, True, 0.0; return
-            c = lm.complete(msgs)
+            c = complete_by(lm, msgs, self.deadline())
             sc.response, sc.usage, sc.latency = c.text, c.usage, c.latency
             if self.cache is not None: self.cache.put(sc.model, msgs, c)
-        return self._record('llm', prompt, model_name(lm), run, batch)
+        free = getattr(lm, 'free', False) # an abandoned call was sent, so it may be billed: its price is unknown unless free
+        return self._record('llm', prompt, model_name(lm), run, home, batch, Usage(calls=1, unpriced_calls=int(not free), free_calls=int(free)))
 
-    def _op_llm_query(self, req):
+    def _op_llm_query(self, req, home):
         self._model(req.get('model')) # a bad model name fails before anything is reserved
         self._check(1)
-        sc = self._complete(req['prompt'], req.get('model'))
+        sc = self._complete(req['prompt'], req.get('model'), home)
         if sc.error: raise RuntimeError(sc.error)
         return sc.response
 
-    def _op_llm_query_batched(self, req):
+    def _op_llm_query_batched(self, req, home):
         prompts = req['prompts']
         self._model(req.get('model'))
         self._check(len(prompts))
         batch = next(self._batches)
-        calls = list(self._pool.map(lambda p: self._complete(p, req.get('model'), batch), prompts))
+        jobs = [self._workers.submit(self._complete, p, req.get('model'), home, batch) for p in prompts]
+        try: calls = [j.result() for j in jobs]
+        except CancelledError: raise RuntimeError("the session ended before the batch finished") from None
         if error := batch_error([c.error for c in calls]): raise RuntimeError(error)
         return [c.response for c in calls]
 
-    def _op_rlm_query(self, req):
+    def _op_rlm_query(self, req, home):
         if self.rlm is None: raise RuntimeError("rlm_query is not available here (max_depth reached); use llm_query")
         self._check(1)
         def run(sc):
             sc.response, sc.usage, sc.error = self.rlm(req['prompt'], req.get('input'), req.get('model'))
-        sc = self._record('rlm', req['prompt'], req.get('model') or model_name(self.sub_lm), run)
+        sc = self._record('rlm', req['prompt'], req.get('model') or model_name(self.sub_lm), run, home,
+                          if_abandoned=Usage(calls=1, unpriced_calls=1))
         if sc.error: raise RuntimeError(sc.error)
         return sc.response
 
-    def _op_tool(self, req):
+    def _op_tool(self, req, home):
         name = req['name']
         if name not in self.tools: raise RuntimeError(f"no tool named {name!r}")
+        if self.closed: raise RuntimeError("the session has ended")
         out = {}
         def run(sc):
             r = self.tools[name](*req.get('args', []), **req.get('kwargs', {}))
@@ -384,7 +543,7 @@ class Bridge:
             except (TypeError, ValueError): out['r'] = str(r)
             sc.response = json.dumps(out['r'], ensure_ascii=False) # exact, so a replay returns the same value
         call = tool_call_text(name, req.get('args', []), req.get('kwargs', {}))
-        sc = self._record('tool', call, None, run)
+        sc = self._record('tool', call, None, run, home)
         if sc.error: raise RuntimeError(f"tool {name} failed: {sc.error}")
         return out['r']
 

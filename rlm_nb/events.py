@@ -26,11 +26,12 @@ class Usage:
     known_cost: float = 0.0 # USD of the calls that had a price
     calls: int = 0
     unpriced_calls: int = 0 # calls whose price litellm does not know
+    free_calls: int = 0 # calls known to cost nothing: a scripted model, or a model declared free
 
     @classmethod
-    def of_call(cls, prompt_tokens:int, completion_tokens:int, cost:float|None):
-        "Usage of a single call; `cost=None` means the price is unknown."
-        return cls(prompt_tokens or 0, completion_tokens or 0, cost or 0.0, 1, int(cost is None))
+    def of_call(cls, prompt_tokens:int, completion_tokens:int, cost:float|None, free:bool=False):
+        "Usage of a single call; `cost=None` means the price is unknown, `free` that it is known to be nothing."
+        return cls(prompt_tokens or 0, completion_tokens or 0, 0.0 if free else cost or 0.0, 1, int(cost is None and not free), int(free))
 
     @property
     def total_tokens(self): return self.prompt_tokens + self.completion_tokens
@@ -42,9 +43,13 @@ class Usage:
     def __add__(self, o:Usage):
         return Usage(*(getattr(self, f.name) + getattr(o, f.name) for f in fields(self)))
 
-    def cost_str(self):
-        if not self.unpriced_calls: return f"${self.known_cost:.4f}"
+    def cost_str(self) -> str:
+        "The cost as a person should read it: '$0.0012', 'free', '$0.0012 (+ free calls)', 'unknown', ..."
+        priced = self.calls - self.unpriced_calls - self.free_calls
+        if self.calls and self.free_calls == self.calls: return "free"
+        if not self.unpriced_calls: return f"${self.known_cost:.4f}" + (" (+ free calls)" if self.free_calls else '')
         if self.unpriced_calls == self.calls: return "unknown"
+        if not priced: return "unknown (the other calls free)"
         return f"unknown (≥ ${self.known_cost:.4f} priced)"
 
     def to_dict(self): return asdict(self)
@@ -315,19 +320,54 @@ class TraceWriter:
         if self._f: self._f.close(); self._f = None
 
 def read_trace(path) -> Session:
-    "Rebuild the `Session` recorded in a JSONL trace; if it holds several runs, the last one."
+    "Rebuild the `Session` recorded in a JSONL trace, finished or not; if it holds several runs, the last one."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"trace not found: {path}")
-    last = None
-    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+    events, lines = [], path.read_text(encoding='utf-8').splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip(): continue
         try: ev = json.loads(line)
-        except json.JSONDecodeError: raise ValueError(f"{path}:{n}: not a JSON line; is this an rlm_nb trace?") from None
+        except json.JSONDecodeError:
+            if n == len(lines): break # a run killed mid-write leaves half a last line
+            raise ValueError(f"{path}:{n}: not a JSON line; is this an rlm_nb trace?") from None
         if not isinstance(ev, dict): raise ValueError(f"{path}:{n}: not an event object; is this an rlm_nb trace?")
-        if ev.get('type') in ('session_started', 'session_ended'): last = ev['session']
-    if last is None: raise ValueError(f"{path}: no session events; is this an rlm_nb trace?")
-    try: return Session.from_dict(last)
-    except (TypeError, KeyError, AttributeError) as e: raise ValueError(f"{path}: the session record is damaged ({e})") from None
+        events.append(ev)
+    if not any(e.get('type') in ('session_started', 'session_ended') for e in events):
+        raise ValueError(f"{path}: no session events; is this an rlm_nb trace?")
+    try: return Session.from_events(events)
+    except (TypeError, KeyError, AttributeError, ValueError) as e: raise ValueError(f"{path}: the session record is damaged ({e})") from None
+
+# %% ../nbs/03_events.ipynb
+def _from_events(cls, events:list) -> Session:
+    "The last session in a list of event dicts, finished or not, with every sub-call on the cell that made it."
+    events = list(events)
+    marks = {t: [i for i, e in enumerate(events) if e.get('type') == t] for t in ('session_started', 'session_ended')}
+    if not (marks['session_started'] or marks['session_ended']): raise ValueError("no session_started or session_ended event")
+    first = (marks['session_started'] or marks['session_ended'])[-1]
+    run = events[first:]
+    ended = next((e for e in reversed(run) if e.get('type') == 'session_ended'), None)
+    s = cls.from_dict((ended or run[0])['session'])
+    if ended is None:
+        its = {it.index: it for it in s.iterations}
+        for e in run:
+            if e.get('type') in ('model_replied', 'iteration_finished'):
+                it = Iteration.from_dict(e['iteration']); its[it.index] = it
+            elif e.get('type') == 'cell_finished':
+                c = CodeCell.from_dict(e['cell'])
+                if (it := its.get(c.iteration)) is not None and all(x.index != c.index for x in it.cells): it.cells.append(c)
+        s.iterations = [its[k] for k in sorted(its)]
+    subs = {}
+    for e in run:
+        if e.get('type') == 'subcall_finished':
+            sc = SubCall.from_dict(e['subcall']); subs.setdefault((sc.iteration, sc.cell), {})[sc.id] = sc
+    for it in s.iterations:
+        for c in it.cells:
+            got = {x.id: x for x in c.subcalls}
+            for k, sc in subs.get((it.index, c.index), {}).items(): got.setdefault(k, sc)
+            c.subcalls = sorted(got.values(), key=lambda x: x.id)
+    return s
+
+Session.from_events = classmethod(_from_events)
 
 # %% ../nbs/03_events.ipynb
 class ProgressPrinter:

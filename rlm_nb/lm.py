@@ -4,17 +4,21 @@
 
 # %% ../nbs/02_lm.ipynb 3
 from __future__ import annotations
-import os, time, random, threading, hashlib, json
+import os, re, time, random, socket, threading, hashlib, json, inspect
 from dataclasses import dataclass, field
 from typing import Callable
 from .events import Usage
 
 # %% auto 0
-__all__ = ['ModelError', 'Completion', 'as_messages', 'LM', 'check_model', 'ScriptedLM', 'as_lm', 'model_name', 'CompletionCache']
+__all__ = ['ModelError', 'ModelTimeout', 'Completion', 'as_messages', 'LM', 'check_model', 'ScriptedLM', 'as_lm', 'model_name',
+           'complete_by', 'CompletionCache']
 
 # %% ../nbs/02_lm.ipynb
 class ModelError(Exception):
     "A model call failed in a way the user has to fix or retry later; the message is one readable line."
+
+class ModelTimeout(ModelError):
+    "A model call did not finish before its deadline (the session's, or the caller's)."
 
 def _litellm():
     os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True')
@@ -23,11 +27,21 @@ def _litellm():
     return litellm
 
 def _short(e:Exception, limit=300) -> str:
-    "First meaningful line of a (often very long) litellm error."
+    "First meaningful line of a (often very long) litellm error, each class name said once."
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     for noise in ('litellm.', 'OpenAIException - ', 'AnthropicException - '):
         msg = msg.replace(noise, '')
-    return msg[:limit]
+    return re.sub(r'^(\w+: )\1+', r'\1', msg)[:limit] # litellm says 'InternalServerError: InternalServerError: ...'
+
+def _unreachable(e:Exception) -> str|None:
+    "Why the server can't be reached at all ('connection refused', ...), if that is the failure: no retry will help."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError): return 'connection refused'
+        if isinstance(e, socket.gaierror): return 'unknown host name'
+        e = e.__cause__ or e.__context__
+    return None
 
 # %% ../nbs/02_lm.ipynb
 @dataclass
@@ -37,6 +51,7 @@ class Completion:
     usage: Usage = field(default_factory=Usage)
     latency: float = 0.0
     cached: bool = False
+    finish_reason: str|None = None # 'stop', or 'length' when the reply was cut at its token cap; None if not reported
 
 def as_messages(prompt) -> list[dict]:
     "A prompt string becomes one user message; a message list passes through."
@@ -53,88 +68,132 @@ def _retryable(e:Exception, litellm) -> bool:
     return isinstance(e, (litellm.Timeout, litellm.APIConnectionError, litellm.RateLimitError,
                           litellm.InternalServerError, litellm.ServiceUnavailableError))
 
+def _price_params(price) -> tuple[dict, bool]:
+    "litellm's per-call pricing for a declared `price`, and whether it is free."
+    if price is None: return {}, False
+    if price == 'free': price = (0, 0)
+    if not (isinstance(price, (tuple, list)) and len(price) == 2 and all(isinstance(p, (int, float)) and p >= 0 for p in price)):
+        raise ModelError(f"price must be (USD per million input tokens, USD per million output tokens) or 'free', not {price!r}")
+    return {'input_cost_per_token': price[0] / 1e6, 'output_cost_per_token': price[1] / 1e6}, not any(price)
+
 class LM:
     "A model reached through litellm."
     def __init__(self,
                  model:str, # litellm model name, e.g. 'openai/gpt-4o-mini' or 'ollama/llama3'
                  api_base:str|None=None, # URL of an OpenAI-compatible or other custom endpoint
                  api_key:str|None=None, # key for this model; by default litellm reads the provider's env variable
-                 max_retries:int=4, # retries on 429, 5xx, timeouts and connection errors
+                 max_retries:int=4, # retries on 429, 5xx, timeouts and dropped connections
                  backoff:float=0.5, # first retry delay in seconds; doubles each retry
-                 timeout:float=600, # seconds for one HTTP call
-                 **params): # passed to litellm.completion, e.g. temperature=0
+                 timeout:float=600, # seconds for one HTTP call (`request_timeout=` means the same)
+                 max_tokens:int|None=None, # most tokens in ONE reply; None: the provider's default. Not a session budget
+                 temperature:float|None=None, # sampling temperature; None: the provider's default
+                 price:tuple|str|None=None, # (USD per 1M input tokens, USD per 1M output tokens) or 'free'; None: litellm's price list
+                 **params): # passed to litellm.completion, e.g. top_p=0.9
         if not isinstance(model, str) or not model.strip(): raise ModelError("a model name is required, e.g. 'openai/gpt-4o-mini'")
-        self.model, self.api_base, self.api_key = model, api_base, api_key
-        self.max_retries, self.backoff, self.timeout, self.params = max_retries, backoff, timeout, params
+        if 'request_timeout' in params: timeout = params.pop('request_timeout')
+        for name, v in (('timeout', timeout), ('max_tokens', max_tokens)):
+            if v is not None and (not isinstance(v, (int, float)) or v <= 0): raise ModelError(f"{name} must be positive, not {v!r}")
+        pricing, self.free = _price_params(price)
+        self.model, self.api_base, self.api_key, self.price = model, api_base, api_key, price
+        self.max_retries, self.backoff, self.timeout = max_retries, backoff, timeout
+        self.params = {**{k: v for k, v in (('max_tokens', max_tokens), ('temperature', temperature)) if v is not None}, **pricing, **params}
 
     def __repr__(self): return f"LM({self.model!r}{f', api_base={self.api_base!r}' if self.api_base else ''})"
     def __deepcopy__(self, memo): return self
 
-    def _call(self, litellm, messages):
-        kw = dict(model=self.model, messages=messages, timeout=self.timeout, max_retries=0, **self.params)
+    def _call(self, litellm, messages, timeout):
+        kw = dict(model=self.model, messages=messages, timeout=timeout, max_retries=0, **self.params)
         if self.api_base: kw['api_base'] = self.api_base
         if self.api_key: kw['api_key'] = self.api_key
         elif self.api_base and not litellm.validate_environment(self.model).get('keys_in_environment', True):
             kw['api_key'] = 'none' # local servers usually need no key, but the client insists on one
         return litellm.completion(**kw)
 
-    def complete(self, prompt) -> Completion:
-        "Ask the model; retries transient failures and raises `ModelError` otherwise."
+    def _failed(self, e, litellm, timeout) -> str:
+        if isinstance(e, litellm.Timeout): return f"{self.model}: no answer within {timeout:.3g}s"
+        return f"{self.model}: {_short(e)}"
+
+    def complete(self, prompt, deadline:float|None=None) -> Completion:
+        "Ask the model, by `deadline` (`time.monotonic()`) if given; retries transient failures, raises `ModelError` otherwise."
         litellm, messages = _litellm(), as_messages(prompt)
         start = time.monotonic()
         for attempt in range(self.max_retries + 1):
-            try: resp = self._call(litellm, messages); break
+            timeout = self.timeout if deadline is None else min(self.timeout, deadline - time.monotonic())
+            if timeout <= 0: raise ModelTimeout(f"{self.model}: no time left before the deadline ({time.monotonic() - start:.1f}s spent)")
+            try: resp = self._call(litellm, messages, timeout); break
             except Exception as e:
+                if why := _unreachable(e): raise ModelError(f"{self.model}: cannot reach {self.api_base or 'the provider'}: {why}") from None
+                if isinstance(e, litellm.Timeout) and timeout < self.timeout:
+                    raise ModelTimeout(f"{self.model}: no answer before the deadline ({time.monotonic() - start:.1f}s)") from None
+                pause = self.backoff * 2**attempt * (1 + random.random()/4)
                 if attempt < self.max_retries and _retryable(e, litellm):
-                    time.sleep(self.backoff * 2**attempt * (1 + random.random()/4))
-                    continue
-                raise ModelError(f"{self.model}: {_short(e)}") from e
-        try: text = resp.choices[0].message.content or ''
+                    if deadline is None or time.monotonic() + pause < deadline: time.sleep(pause); continue
+                    raise ModelTimeout(f"{self._failed(e, litellm, timeout)}; no time left before the deadline to retry") from None
+                raise ModelError(self._failed(e, litellm, timeout)) from e
+        try: choice = resp.choices[0]; text = choice.message.content or ''
         except (AttributeError, IndexError, TypeError): raise ModelError(f"{self.model}: the response had no message: {str(resp)[:200]}") from None
         u = getattr(resp, 'usage', None)
-        try: cost = litellm.completion_cost(completion_response=resp)
-        except Exception: cost = None
-        usage = Usage.of_call(getattr(u, 'prompt_tokens', 0), getattr(u, 'completion_tokens', 0), cost)
-        return Completion(text, self.model, usage, time.monotonic() - start)
+        cost = (getattr(resp, '_hidden_params', None) or {}).get('response_cost') # litellm prices declared prices here
+        if cost is None:
+            try: cost = litellm.completion_cost(completion_response=resp)
+            except Exception: cost = None
+        usage = Usage.of_call(getattr(u, 'prompt_tokens', 0), getattr(u, 'completion_tokens', 0), cost, free=self.free)
+        return Completion(text, self.model, usage, time.monotonic() - start, finish_reason=getattr(choice, 'finish_reason', None))
 
 # %% ../nbs/02_lm.ipynb
-def check_model(model:str, api_base:str|None=None, api_key:str|None=None):
+_HINTS = { # where -> (how to name a custom endpoint, how to supply a missing key {keys})
+    'python': ("'openai/<name>' with api_base=", "set {keys} in the environment, or pass api_key="),
+    'cli': ("'openai/<name>' with --api-base", "export {keys} in the shell that runs rlm-nb (the CLI takes keys only from "
+                                               "the environment), or use --api-base for a local server"),
+    'magic': ("'openai/<name>' with --api-base", "set it in the notebook with %env {keys}=..., or use --api-base for a local server")}
+
+def check_model(model:str, api_base:str|None=None, api_key:str|None=None,
+                where:str='python'): # who asks: 'python', 'cli' or 'magic'; picks the advice in the message
     "Raise `ModelError` if litellm cannot route `model` or its API key is missing."
-    litellm = _litellm()
+    litellm, (endpoint, key_hint) = _litellm(), _HINTS.get(where, _HINTS['python'])
     try: provider = litellm.get_llm_provider(model, api_base=api_base)[1]
     except Exception:
         raise ModelError(f"unknown model {model!r}: use a litellm name such as 'openai/gpt-4o-mini', "
-                         "'anthropic/claude-3-5-haiku-latest', 'ollama/llama3', or 'openai/<name>' with --api-base") from None
+                         f"'anthropic/claude-3-5-haiku-latest', 'ollama/llama3', or {endpoint}") from None
     if api_base or api_key: return
     missing = litellm.validate_environment(model).get('missing_keys') or []
     conventional = f"{provider.upper()}_API_KEY"
     if not missing and conventional in os.environ and not os.environ[conventional].strip(): missing = [conventional]
-    if missing: raise ModelError(f"{model}: no API key; set {' or '.join(missing)} in the environment, or pass api_key=")
+    if missing: raise ModelError(f"{model}: no API key; " + key_hint.format(keys=' or '.join(missing)))
 
 # %% ../nbs/02_lm.ipynb
 class ScriptedLM:
     "A model that answers from a script: a list of replies, or a function of the messages."
+    free = True # its calls cost nothing, and say so
     def __init__(self,
-                 responses:list|Callable, # replies in order, or `fn(messages) -> str`
+                 responses:list|Callable, # replies in order (str, or a `Completion` for its text and finish_reason), or `fn(messages) -> str`
                  model:str='scripted', # the name shown in records
-                 delay:float=0.0): # seconds each call takes, to imitate a real model
-        self.responses, self.model, self.delay = responses, model, delay
+                 delay:float=0.0, # seconds each call takes, to imitate a real model
+                 max_tokens:int|None=None): # cut replies longer than this many tokens (4 chars each), as a real model's cap does
+        self.responses, self.model, self.delay, self.max_tokens = responses, model, delay, max_tokens
         self.calls, self._lock = [], threading.Lock()
 
     def __repr__(self): return f"ScriptedLM({self.model!r})"
     def __deepcopy__(self, memo): return self # a model is shared, not copied (IPython's %config deep-copies values)
 
-    def complete(self, prompt) -> Completion:
+    def complete(self, prompt, deadline:float|None=None) -> Completion:
         messages, start = as_messages(prompt), time.monotonic()
         with self._lock:
             n = len(self.calls)
             self.calls.append(messages)
-        if callable(self.responses): text = self.responses(messages)
-        elif n < len(self.responses): text = self.responses[n]
+        if callable(self.responses): reply = self.responses(messages)
+        elif n < len(self.responses): reply = self.responses[n]
         else: raise ModelError(f"{self.model}: the script has only {len(self.responses)} replies and call {n+1} was made")
-        if self.delay: time.sleep(self.delay)
+        text, finish = (reply.text, reply.finish_reason) if isinstance(reply, Completion) else (str(reply), 'stop')
+        if self.max_tokens is not None and len(text) > 4 * self.max_tokens: text, finish = text[:4 * self.max_tokens], 'length'
+        if self.delay:
+            if deadline is not None and start + self.delay > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                raise ModelTimeout(f"{self.model}: no answer before the deadline ({time.monotonic() - start:.1f}s)")
+            time.sleep(self.delay)
         ptoks = sum(len(str(m.get('content', ''))) for m in messages) // 4
-        return Completion(str(text), self.model, Usage.of_call(ptoks, len(str(text)) // 4, 0.0), time.monotonic() - start)
+        return Completion(text, self.model, Usage.of_call(ptoks, len(text) // 4, 0.0, free=True), time.monotonic() - start,
+                          finish_reason=finish)
 
 # %% ../nbs/02_lm.ipynb
 def as_lm(model, **kw):
@@ -144,6 +203,15 @@ def as_lm(model, **kw):
     raise ModelError(f"a model must be a litellm name like 'openai/gpt-4o-mini' or an object with .complete(), not {model!r}")
 
 def model_name(lm) -> str: return getattr(lm, 'model', type(lm).__name__)
+
+def complete_by(lm, prompt, deadline:float|None=None) -> Completion:
+    "`lm.complete(prompt)`, bounded by `deadline` (`time.monotonic()`) when the model's `complete` takes one."
+    if deadline is None: return lm.complete(prompt)
+    try: takes = 'deadline' in inspect.signature(lm.complete).parameters
+    except (TypeError, ValueError): takes = False
+    if takes: return lm.complete(prompt, deadline=deadline)
+    if time.monotonic() >= deadline: raise ModelTimeout(f"{model_name(lm)}: no time left before the deadline")
+    return lm.complete(prompt) # a user's model object without deadlines: it is only checked before the call
 
 # %% ../nbs/02_lm.ipynb
 class CompletionCache:

@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from typing import Callable
 
 # %% auto 0
-__all__ = ['Fault', 'Reply', 'completion_json', 'ScriptedServer']
+__all__ = ['Fault', 'ScriptedReply', 'completion_json', 'ScriptedServer']
 
 # %% ../nbs/09_testing.ipynb
 @dataclass
@@ -21,12 +21,10 @@ class Fault:
     message:str = 'injected fault'
 
 @dataclass
-class Reply:
-    "A scripted answer with more than its text: why it ended ('length' for one cut off by the reply limit), its tokens."
+class ScriptedReply:
+    "An answer with an explicit finish_reason, e.g. `ScriptedReply('```repl\\nx = (', 'length')` for a reply cut at its cap."
     text:str
     finish_reason:str = 'stop'
-    completion_tokens:int|None = None # default: a quarter of the text's length
-    prompt_tokens:int|None = None # default: a quarter of the request's length
 
 def completion_json(text:str, model:str, prompt_tokens:int, completion_tokens:int, n:int, finish_reason:str='stop') -> dict:
     "An OpenAI chat.completion response body."
@@ -106,9 +104,9 @@ class ScriptedServer:
                 return reply.status, {'error': {'message': reply.message, 'type': 'server_error', 'code': reply.status}}
             if self.delay: time.sleep(self.delay)
             with self._lock: record['answered'] = True
+            text, finish = (reply.text, reply.finish_reason) if isinstance(reply, ScriptedReply) else (str(reply), 'stop')
+            if isinstance(cap := body.get('max_tokens'), int) and len(text) > 4 * cap: text, finish = text[:4 * cap], 'length'
             prompt = sum(len(str(m.get('content', ''))) for m in body.get('messages', []))
-            r = reply if isinstance(reply, Reply) else Reply(str(reply))
-            return 200, completion_json(r.text, body.get('model', 'scripted'), r.prompt_tokens or max(1, prompt // 4),
-                                        r.completion_tokens or max(1, len(r.text) // 4), next(self._n), r.finish_reason)
+            return 200, completion_json(text, body.get('model', 'scripted'), max(1, prompt // 4), max(1, len(text) // 4), next(self._n), finish)
         finally:
             with self._lock: self.in_flight -= 1

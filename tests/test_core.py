@@ -427,7 +427,8 @@ def test_path_context_is_read_by_the_kernel(server, tmp_path):
     srv = server(script([repl("FINAL(context.splitlines()[2].split()[-1] + ' ' + str(type(context).__name__))")]))
     res = rlm(srv)("Password?", context=p)
     assert res.answer == 'swordfish str'
-    assert 'notes.txt' in first_user(root_requests(srv)[0])
+    first = first_user(root_requests(srv)[0])
+    assert 'notes.txt' not in first and 'already loaded' in first  # a file name makes models open() it (9.19)
 
 
 @pytest.mark.parametrize('name', ['llm_query', 'not-valid', 'FINAL', 'class'])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from rlm_nb.core import RLM, parse_reply, COMPACT_ASK
 from rlm_nb.events import read_trace
-from rlm_nb.testing import Fault, Reply
+from rlm_nb.testing import Fault, ScriptedReply
 from helpers import (repl, script, rlm, is_root, is_fallback, turn, last_user, first_user, root_requests, sub_requests,
                      request_chars, messages)
 
@@ -70,14 +70,15 @@ def test_repeated_errors_ask_for_a_best_effort_answer(server):
 # 3. A reply cut off by the length limit, and an unclosed fence, are named for what they are
 
 def test_a_reply_cut_off_by_the_length_limit_is_told_so(server):
-    cut = Reply("Let me count the lines.\n```repl\nlines = context.split('\\n')\nprint(len(li", 'length', 64)
+    cut = ScriptedReply("Let me count the lines.\n```repl\nlines = context.split('\\n')\nprint(len(li", 'length')
+    n = len(cut.text) // 4  # the tokens the server reports
     srv = server(script([cut, repl("print(len(context.split()))"), "FINAL(1)"]))
     res = rlm(srv)("How many lines?", context='abc')
     first = res.session.iterations[0]
     assert not first.cells
-    assert 'cut off at 64 tokens' in first.feedback and 'did not run' in first.feedback
+    assert f'cut off at {n} tokens' in first.feedback and 'did not run' in first.feedback
     assert 'no ```repl code block' not in first.feedback
-    assert 'cut off at 64 tokens' in last_user(root_requests(srv)[1])
+    assert f'cut off at {n} tokens' in last_user(root_requests(srv)[1])
     assert res.stop_reason == 'final'
 
 
