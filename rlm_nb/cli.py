@@ -83,6 +83,15 @@ def _parser():
         a.add_argument('--temperature', type=float, help='sampling temperature of the models')
         a.add_argument('--request-timeout', type=float, help='seconds one model call may take')
         a.add_argument('--context-window', type=int, help="the root model's window in tokens, if litellm doesn't know it")
+        a.add_argument('--price', type=_price, metavar='IN,OUT|free', help='USD per 1M input and output tokens of the root model, or free')
+        a.add_argument('--sub-price', type=_price, metavar='IN,OUT|free', help='the same for the sub-model (default: --price)')
+        box = a.add_mutually_exclusive_group()
+        box.add_argument('--sandbox', dest='sandbox', action='store_const', const=True, default='auto',
+                         help='run the kernel under bubblewrap, or fail (default: where it works)')
+        box.add_argument('--no-sandbox', dest='sandbox', action='store_const', const=False, help='run the kernel unsandboxed')
+        a.add_argument('--allow-network', action='store_true', help='let sandboxed code reach the network')
+        a.add_argument('--ro', action='append', default=[], metavar='PATH', help='an extra path the sandboxed kernel may read; repeatable')
+        a.add_argument('--rw', action='append', default=[], metavar='PATH', help='an extra path the sandboxed kernel may write; repeatable')
         a.add_argument('--max-cost', type=float, help='USD, counting priced calls')
         a.add_argument('--timeout', type=float, help='wall seconds for the session')
         a.add_argument('--cell-timeout', type=float, default=120, help='seconds one code block may run (default 120)')
@@ -130,6 +139,13 @@ def _contexts(specs:list) -> dict:
         out[name] = p
     return out
 
+def _price(s:str):
+    "--price: 'free', or 'IN,OUT' in USD per million tokens."
+    if s.strip().lower() == 'free': return 'free'
+    try: i, o = (float(x) for x in s.split(','))
+    except ValueError: raise argparse.ArgumentTypeError(f"a price is IN,OUT in USD per million tokens (e.g. 0.15,0.60) or free, not {s!r}") from None
+    return (i, o)
+
 def _budget_kwargs(a) -> dict:
     if a.max_tokens is not None:
         _die("--max-tokens is ambiguous: use --max-total-tokens for the session's token budget, "
@@ -137,7 +153,8 @@ def _budget_kwargs(a) -> dict:
     kw = dict(max_iterations=a.max_iterations, max_llm_calls=a.max_llm_calls, max_total_tokens=a.max_total_tokens,
               max_cost=a.max_cost, timeout=a.timeout, cell_timeout=a.cell_timeout, max_errors=a.max_errors,
               max_reply_tokens=a.max_reply_tokens, request_timeout=a.request_timeout, context_window=a.context_window,
-              concurrency=a.concurrency, verbose=not a.quiet, trace=a.trace)
+              concurrency=a.concurrency, verbose=not a.quiet, trace=a.trace, price=a.price, sub_price=a.sub_price,
+              sandbox=a.sandbox, allow_network=a.allow_network, ro_paths=a.ro, rw_paths=a.rw)
     if a.temperature is not None: kw['temperature'] = a.temperature
     return kw
 
@@ -158,11 +175,12 @@ def cmd_run(a) -> int:
     inputs = _contexts(a.context)
     from rlm_nb.core import RLM
     from rlm_nb.lm import ModelError
+    from rlm_nb.kernel import SandboxUnavailable
     try:
         rlm = RLM(a.model, a.sub_model, api_base=a.api_base, sub_api_base=a.sub_api_base, **_budget_kwargs(a))
-        rlm.check()
+        rlm.check(where='cli')
         res = rlm(a.query, **inputs)
-    except (ModelError, ValueError, FileNotFoundError) as e: _die(str(e))
+    except (ModelError, ValueError, FileNotFoundError, SandboxUnavailable) as e: _die(str(e))
     return _finish(res, a.json)
 
 def cmd_demo(a) -> int:
@@ -172,7 +190,7 @@ def cmd_demo(a) -> int:
     if a.save_context: a.save_context.write_text(text)
     if a.model:
         print(f"rlm-nb demo: asking {a.model} about a generated {len(text) / 1e6:.1f} MB log.", file=sys.stderr)
-        try: rlm = RLM(a.model, a.sub_model, api_base=a.api_base, sub_api_base=a.sub_api_base, **_budget_kwargs(a)); rlm.check()
+        try: rlm = RLM(a.model, a.sub_model, api_base=a.api_base, sub_api_base=a.sub_api_base, **_budget_kwargs(a)); rlm.check(where='cli')
         except ModelError as e: _die(str(e))
     else:
         print("rlm-nb demo: no model configured (--model or RLM_MODEL), so this is a scripted walkthrough: the root "

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from .kernel import KernelREPL, CellResult, cap_output_code, SandboxUnavailable
-from .bridge import Bridge, InputFile, install_code, write_input, describe_input, tool_spec, Recording, recording_units, replay_handler
-from .lm import as_lm, model_name, check_model, ModelError, CompletionCache, LM, ScriptedLM, _litellm
+from .bridge import Bridge, check_tools, RESERVED_NAMES, InputFile, install_code, write_input, describe_input, tool_spec, Recording, recording_units, replay_handler
+from .lm import as_lm, model_name, check_model, complete_by, ModelError, ModelTimeout, CompletionCache, LM, ScriptedLM, _litellm
 from .events import *
 
 # %% auto 0
 __all__ = ['SYSTEM_PROMPT', 'COMPACT_AT', 'COMPACT_ASK', 'ANSWER_NOW', 'system_prompt', 'first_message', 'is_empty_code', 'Reply',
-           'parse_reply', 'turns', 'Budget', 'truncate', 'RLMResult', 'RLM', 'is_repeat', 'complete_by',
-           'is_window_error', 'fit_messages', 'refusal_of', 'replay_cell', 'comparable_outputs', 'Resume']
+           'parse_reply', 'turns', 'Budget', 'truncate', 'RLMResult', 'RLM', 'is_repeat', 'is_window_error',
+           'fit_messages', 'refusal_of', 'replay_cell', 'comparable_outputs', 'Resume']
 
 # %% ../nbs/04_core.ipynb
 SYSTEM_PROMPT = """You are the root of a Recursive Language Model (RLM). You answer a question about inputs that are \
@@ -212,7 +212,7 @@ class RLMResult:
 def _short(s, n=80): return s if s is None or len(s) <= n else s[:n] + '…'
 
 # %% ../nbs/04_core.ipynb
-_RESERVED = {'llm_query', 'llm_query_batched', 'rlm_query', 'FINAL', 'FINAL_VAR', 'SHOW_VARS'}
+_RESERVED = set(RESERVED_NAMES)
 _FALLBACK_ASKS = {'max_iterations', 'max_errors', 'max_llm_calls', 'repeated', 'context_window'}
 
 class RLM:
@@ -233,6 +233,8 @@ class RLM:
                  max_reply_tokens:int|None=None, # cap on each model reply (litellm's max_tokens)
                  request_timeout:float|None=None, # seconds one model call may take (default: litellm's 600)
                  context_window:int|None=None, # the root model's window in tokens; litellm's figure by default
+                 price:tuple|str|None=None, # (USD per 1M input tokens, per 1M output tokens) or 'free'; litellm's prices by default
+                 sub_price:tuple|str|None=None, # the same for the sub-model; `price` by default
                  max_repeats:int|None=2, # replies in a row that repeat the one before, before the session stops
                  max_output_chars:int=10_000, # output shown to the root model per block (head and tail kept)
                  preview_chars:int=500, # preview of each input in the first message
@@ -256,20 +258,19 @@ class RLM:
         if max_reply_tokens is not None: lm_params['max_tokens'] = max_reply_tokens
         if request_timeout is not None: lm_params['timeout'] = request_timeout
         self.lm_kw = dict(api_base=api_base, api_key=api_key, **lm_params)
-        self.root_lm = as_lm(model, **self.lm_kw)
-        self.sub_lm = as_lm(sub_model, **{**self.lm_kw, 'api_base': sub_api_base or api_base}) if sub_model is not None else self.root_lm
+        priced = lambda p: {} if p is None else {'price': p}
+        self.root_lm = as_lm(model, **self.lm_kw, **priced(price))
+        self.sub_lm = (as_lm(sub_model, **{**self.lm_kw, 'api_base': sub_api_base or api_base}, **priced(sub_price if sub_price is not None else price))
+                       if sub_model is not None else self.root_lm)
         self.budget = Budget(max_iterations, max_llm_calls, max_total_tokens, max_cost, timeout, max_errors)
         self.cell_timeout, self.max_output_chars, self.preview_chars = cell_timeout, max_output_chars, preview_chars
         self.context_window, self.max_repeats = context_window, max_repeats
-        self.tools, self.concurrency, self.cache, self.max_depth, self.depth = list(tools or []), concurrency, cache, max_depth, 0
+        self.tools, self.concurrency, self.cache, self.max_depth, self.depth = check_tools(tools), concurrency, cache, max_depth, 0
         self.system_prompt, self.verbose, self.trace = system_prompt or SYSTEM_PROMPT, verbose, trace
         self.kernel_options = {'sandbox': sandbox, 'allow_network': allow_network, 'ro_paths': tuple(ro_paths),
                                'rw_paths': tuple(rw_paths), **(kernel_options or {})}
         self.pool = pool
         self.events = EventStream()
-        for t in self.tools:
-            if not callable(t) or not getattr(t, '__name__', '').isidentifier(): raise TypeError(f"tools must be named functions, not {t!r}")
-            if t.__name__ in _RESERVED: raise ValueError(f"a tool named {t.__name__!r} would replace the REPL function of that name")
         for name, v in (('max_iterations', max_iterations), ('max_llm_calls', max_llm_calls), ('max_total_tokens', max_total_tokens),
                         ('max_errors', max_errors), ('max_cost', max_cost), ('timeout', timeout), ('cell_timeout', cell_timeout),
                         ('max_reply_tokens', max_reply_tokens), ('request_timeout', request_timeout),
@@ -284,11 +285,11 @@ class RLM:
 
     def subscribe(self, fn): return self.events.subscribe(fn)
 
-    def check(self):
+    def check(self, where:str='python'): # who asks: 'python', 'cli' or 'magic', for advice the asker can follow
         "Fail fast with a one-line `ModelError` if a model cannot be reached as configured."
         if self._checked: return
         for lm in {id(self.root_lm): self.root_lm, id(self.sub_lm): self.sub_lm}.values():
-            if isinstance(lm, LM): check_model(lm.model, lm.api_base, lm.api_key)
+            if isinstance(lm, LM): check_model(lm.model, lm.api_base, lm.api_key, where=where)
         self._checked = True
 
 def _check_writable(path:Path):
@@ -299,11 +300,12 @@ def _check_writable(path:Path):
     except OSError as e: raise ValueError(f"the trace file {path} cannot be written: {e.strerror or e}") from None
 
 # %% ../nbs/04_core.ipynb
-def _inputs(context, named:dict) -> dict:
+def _inputs(context, named:dict, tools:list=()) -> dict:
     values = {} if context is None else {'context': context}
     for k, v in named.items():
         if not k.isidentifier() or keyword.iskeyword(k): raise ValueError(f"input name {k!r} is not a valid Python variable name")
         if k in _RESERVED: raise ValueError(f"input name {k!r} would hide the REPL function of that name; pick another")
+        if k in {t.__name__ for t in tools}: raise ValueError(f"input name {k!r} would hide the tool of that name; pick another")
         if hasattr(builtins, k): raise ValueError(f"input name {k!r} would hide the Python builtin of that name; pick another")
         if k.startswith('_'): raise ValueError(f"input name {k!r} starts with an underscore, which the REPL keeps for itself; pick another")
         if k == 'context' and context is not None: raise ValueError("`context` was given twice")
@@ -390,7 +392,7 @@ class _Deferred:
 
 def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume:Resume|None=None) -> RLMResult:
     if not isinstance(query, str) or not query.strip(): raise ValueError("the question must be a non-empty string")
-    values, _resume = _inputs(context, inputs), resume
+    values, _resume = _inputs(context, inputs, self.tools), resume
     self.check()
     if self.trace: _check_writable(Path(self.trace))
     run = _Run(self)
@@ -418,7 +420,7 @@ def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume
         specs = [write_input(v, workdir, k) for k, v in values.items()]
         bridge = Bridge(self.sub_lm, self.events, self.tools, self.concurrency, CompletionCache() if self.cache else None,
                         allow=run.allow, rlm=run.child if self.depth < self.max_depth else None,
-                        lm_for=lambda name: as_lm(name, **self.lm_kw))
+                        lm_for=lambda name: as_lm(name, **self.lm_kw), deadline=run.deadline)
         setup = '\n'.join([cap_output_code(), install_code({'inputs': specs, 'tools': tools})] +
                           ([_resume.setup] if _resume else [])) # run again after every restart
         opts = {**self.kernel_options, 'ro_paths': [*self.kernel_options.get('ro_paths', ()), *paths]}
@@ -631,14 +633,6 @@ COMPACT_ASK = ("The conversation is close to the model's context window, so the 
 _WINDOW_ERROR = re.compile(r'context.{0,20}(length|window|size)|maximum context|too many tokens|prompt is too long|'
                            r'exceeds the available context', re.I)
 
-def _takes_deadline(lm) -> bool:
-    try: return 'deadline' in inspect.signature(lm.complete).parameters
-    except (TypeError, ValueError): return False
-
-def complete_by(lm, messages, deadline:float|None=None):
-    "Call `lm` with a deadline when it takes one (a user's own model object may not)."
-    return lm.complete(messages, deadline=deadline) if deadline is not None and _takes_deadline(lm) else lm.complete(messages)
-
 def is_window_error(e:BaseException) -> bool:
     "Whether a model error says the request did not fit the model's context window."
     cause = getattr(e, '__cause__', None)
@@ -704,7 +698,7 @@ def _compact(self:RLM, run:_Run, forced:bool=False) -> bool:
 
 def _model_stop(run:_Run, e:ModelError) -> str:
     "The stop reason for a model error that ended the session."
-    if run.deadline is not None and time.monotonic() >= run.deadline - 0.05: return 'timeout'
+    if isinstance(e, ModelTimeout) or (run.deadline is not None and time.monotonic() >= run.deadline - 0.05): return 'timeout'
     return 'context_window' if is_window_error(e) else 'model_error'
 
 # %% ../nbs/04_core.ipynb

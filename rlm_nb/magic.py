@@ -13,6 +13,7 @@ from IPython.display import display
 from traitlets import Any, Unicode, Int, Float, Bool, Dict
 from .core import RLM
 from .lm import ModelError
+from .kernel import SandboxUnavailable
 
 # %% auto 0
 __all__ = ['interpolate', 'resolve_inputs', 'RLMMagics', 'load_ipython_extension']
@@ -71,6 +72,10 @@ class RLMMagics(Magics):
     @argument('--max-cost', type=float, help="USD limit")
     @argument('--export', metavar='PATH', help="also save the session as a notebook")
     @argument('--no-widget', action='store_true', help="print progress lines instead of the live timeline")
+    @argument('--max-reply-tokens', type=int, help="cap on each model reply")
+    @argument('--sandbox', dest='sandbox', action='store_const', const=True, default=None, help="run the kernel under bubblewrap, or fail")
+    @argument('--no-sandbox', dest='sandbox', action='store_const', const=False, help="run the kernel unsandboxed")
+    @argument('--allow-network', action='store_true', default=None, help="let sandboxed code reach the network")
     @argument('question', nargs='*', help="the question (line magic); the cell body for %%%%rlm")
     @line_cell_magic
     def rlm(self, line:str='', cell:str|None=None):
@@ -98,10 +103,12 @@ def _build(self:RLMMagics, args) -> RLM:
         raise UsageError("%%rlm: no model configured: pass -m MODEL, or run %config RLMMagics.model = 'openai/gpt-4o-mini', or set RLM_MODEL")
     opts = {**self.options, 'max_iterations': self.max_iterations if args.max_iterations is None else args.max_iterations,
             'max_cost': args.max_cost if args.max_cost is not None else self.max_cost, 'verbose': args.no_widget or not self.widget}
+    for k in ('max_reply_tokens', 'sandbox', 'allow_network'):
+        if getattr(args, k) is not None: opts[k] = getattr(args, k)
     try:
         rlm = RLM(model, _pick(args.sub_model, ns) or self.sub_model, api_base=args.api_base or self.api_base,
                   sub_api_base=self.sub_api_base, **opts)
-        rlm.check()
+        rlm.check(where='magic')
     except (ModelError, ValueError, TypeError) as e: raise UsageError(f"%%rlm: {e}") from None
     return rlm
 
@@ -119,7 +126,7 @@ def _run(self:RLMMagics, rlm:RLM, question:str, inputs:dict, args):
             if isinstance(e, SessionStarted) and not shown: shown.append(display(timeline, display_id=True))
     try:
         try: res = rlm(question, **inputs)
-        except (ValueError, TypeError, FileNotFoundError, ModelError) as e:
+        except (ValueError, TypeError, FileNotFoundError, ModelError, SandboxUnavailable) as e:
             if shown: shown[0].update({'text/plain': ''}, raw=True) # no widget left behind
             raise UsageError(f"%%rlm: {e}") from None
         self.shell.user_ns[args.output] = res
