@@ -214,6 +214,11 @@ def cmd_export(a) -> int:
     try: path = export(a.source, a.output, inputs=inputs or None, embed_limit=a.embed_limit)
     except (ValueError, OSError, TypeError) as e: _die(str(e))
     print(f"wrote {path}", file=sys.stderr)
+    if a.source.suffix == '.jsonl':
+        from rlm_nb.events import read_trace
+        s = read_trace(a.source)
+        if s.stop_reason is None: print(f"note: the trace ends before its session did (no session_ended event); the notebook "
+                                         f"holds the {len(s.iterations)} iteration(s) it recorded", file=sys.stderr)
     return 0
 
 def cmd_replay(a) -> int:

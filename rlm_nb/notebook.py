@@ -139,7 +139,9 @@ def inputs_code(s:Session, values:dict, embed_limit:int, sidecar:Path|None, rel_
 # %% ../nbs/05_notebook.ipynb
 def _title(s:Session) -> str:
     ru, su = s.root_usage, s.sub_usage
-    rows = [('root model', f'`{s.model}`'), ('sub-model', f'`{s.sub_model}`'), ('stopped', s.stop_reason or 'running'),
+    stopped = s.stop_reason or ('running' if s.ended is None and not s.iterations else
+                                'unfinished: the record ends here (the host stopped before the session did)')
+    rows = [('root model', f'`{s.model}`'), ('sub-model', f'`{s.sub_model}`'), ('stopped', stopped),
             ('iterations', turns(s)), ('sub-calls', len(s.subcalls)),
             ('tokens', f"{ru.total_tokens:,} root + {su.total_tokens:,} sub"), ('cost', s.usage.cost_str()),
             ('elapsed', f"{s.elapsed:.1f}s"), ('session', f'`{s.id}`')]
@@ -181,7 +183,7 @@ def to_notebook(s:Session, values:dict|None=None, embed_limit:int=100_000, sidec
     for it in s.iterations: cells += _iteration_cells(it)
     f = s.final
     answer = f"## Answer\n\n```text\n{f.answer}\n```\n\n*from {f.source}{f' `{f.var}`' if f.var else ''}; stopped: {s.stop_reason}*" if f else \
-             f"## No answer\n\n*stopped: {s.stop_reason}*"
+             f"## No answer\n\n*stopped: {s.stop_reason or 'unfinished (the record ends before the session did)'}*"
     cells.append(new_markdown_cell(answer, metadata={'tags': ['rlm-nb-final']}))
     header = {k: v for k, v in s.to_dict().items() if k != 'iterations'}
     from rlm_nb import __version__

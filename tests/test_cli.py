@@ -200,3 +200,16 @@ def test_a_signal_during_batched_calls_exits_promptly_with_the_trace_complete(se
     events = [json.loads(l) for l in trace.read_text().splitlines()]
     assert events[-1]['type'] == 'session_ended' and events[-1]['session']['stop_reason'] == 'interrupted'
     assert not _session_dirs_of(p.pid)
+
+
+def test_export_of_an_unfinished_trace_exports_what_it_has_and_says_so(tmp_path):
+    from rlm_nb import RLM, ScriptedLM
+    import nbformat
+    trace = tmp_path / 'cut.jsonl'
+    RLM(ScriptedLM(["```repl\nprint(1)\n```", "```repl\nprint(2)\n```", "FINAL(x)"]), verbose=False, trace=trace)('q', context='c')
+    trace.write_text(''.join(l + '\n' for l in trace.read_text().splitlines() if '"session_ended"' not in l))  # killed
+    ctx = tmp_path / 'c.txt'; ctx.write_text('c')
+    r = rlm_nb('export', str(trace), '-o', str(tmp_path / 'cut.ipynb'), '--input', f'context={ctx}')
+    assert r.returncode == 0 and 'ends before its session did' in r.stderr and '3 iteration(s)' in r.stderr
+    nb = nbformat.read(tmp_path / 'cut.ipynb', as_version=4)
+    assert sum('## Iteration' in c.source for c in nb.cells) == 3 and 'unfinished' in nb.cells[0].source
