@@ -31,7 +31,9 @@ def _short(e:Exception, limit=300) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     for noise in ('litellm.', 'OpenAIException - ', 'AnthropicException - '):
         msg = msg.replace(noise, '')
-    return re.sub(r'^(\w+: )\1+', r'\1', msg)[:limit] # litellm says 'InternalServerError: InternalServerError: ...'
+    names = re.match(r'^(?:\w+(?:Error|Exception): )+', msg) # litellm says 'InternalServerError: InternalServerError: ...'
+    if names: msg = names[0].split(': ')[0] + ': ' + msg[names.end():] # or 'ContextWindowExceededError: BadRequestError: ...'
+    return msg[:limit]
 
 def _unreachable(e:Exception) -> str|None:
     "Why the server can't be reached at all ('connection refused', ...), if that is the failure: no retry will help."
