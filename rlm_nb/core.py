@@ -4,11 +4,11 @@
 
 # %% ../nbs/04_core.ipynb 3
 from __future__ import annotations
-import ast, re, os, sys, time, json, tempfile, shutil, keyword, builtins, signal, threading, difflib, inspect
+import ast, re, os, sys, time, json, tempfile, shutil, keyword, builtins, signal, threading, difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from .kernel import KernelREPL, CellResult, cap_output_code, SandboxUnavailable
+from .kernel import KernelREPL, CellResult, cap_output_code
 from .bridge import Bridge, check_tools, RESERVED_NAMES, InputFile, install_code, write_input, describe_input, tool_spec, Recording, recording_units, replay_handler
 from .lm import as_lm, model_name, check_model, complete_by, ModelError, ModelTimeout, CompletionCache, LM, ScriptedLM, _litellm
 from .events import *

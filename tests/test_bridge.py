@@ -239,7 +239,7 @@ def test_inputs_load_equal_to_the_originals(tmp_path):
               'doc': doc}
     specs = [write_input(v, tmp_path, name) for name, v in values.items()]
     expected = {n: digest(doc.read_bytes().decode() if isinstance(v, Path) else v) for n, v in values.items()}
-    with KernelREPL(startup_code=install_code({'inputs': specs, 'tools': []})) as k:
+    with KernelREPL(startup_code=install_code({'inputs': specs, 'tools': []}), ro_paths=[s['path'] for s in specs]) as k: # as RLM mounts them
         r = k.execute(f'NAMES = {list(values)!r}' + DIGEST_IN_KERNEL, timeout=60)
     assert r.ok, r.text
     assert json.loads(r.text) == expected

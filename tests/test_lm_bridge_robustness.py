@@ -204,7 +204,7 @@ def test_a_file_input_is_described_as_the_loaded_variable(tmp_path):
     d = describe_input('context', p)
     assert 'ctx.txt' not in d['summary'] and 'file ctx' not in d['preview']
     assert d['summary'] == f"str, {len(p.read_text()):,} chars, 7 lines (already loaded from a file)"
-    with KernelREPL(startup_code=install_code({'inputs': [write_input(p, tmp_path, 'context')], 'tools': []})) as k:
+    with KernelREPL(startup_code=install_code({'inputs': [write_input(p, tmp_path, 'context')], 'tools': []}), ro_paths=[str(p)]) as k:
         r = k.execute('print(type(context).__name__, len(context))', timeout=30)
     assert r.text == f"str {len(p.read_text())}\n"
 

@@ -273,3 +273,27 @@ def test_session_directories_of_dead_hosts_are_cleaned(server):
         assert not left.exists() and alive.exists()
     finally:
         import shutil; shutil.rmtree(left, ignore_errors=True); shutil.rmtree(alive, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6 and 18, as the loop sees them: an input may not hide a tool; a declared price makes max_cost work locally
+
+def test_an_input_named_like_a_tool_is_refused_before_any_kernel_starts(server):
+    def lookup(key: str) -> str: return key
+    srv = server(script([repl("print(1)")]))
+    with pytest.raises(ValueError, match="input name 'lookup' would hide the tool"):
+        rlm(srv, tools=[lookup])("?", context='abc', lookup='x')
+    assert not srv.requests
+
+
+def test_a_declared_price_makes_max_cost_work_for_a_local_model(server):
+    srv = server(script(lambda b: repl(f"print({turn(b)})")))
+    res = rlm(srv, price=(100.0, 100.0), max_cost=0.5)("?", context='abc')  # $0.0001 a token: a few turns
+    assert res.stop_reason == 'max_cost' and res.cost is not None and res.cost >= 0.5
+    assert 2 <= res.iterations < 20
+
+
+def test_free_models_cost_free_not_unknown(server):
+    srv = server(script([repl("print(1)"), "FINAL(1)"]))
+    res = rlm(srv, price='free')("?", context='abc')
+    assert res.cost == 0 and res.usage.cost_str() == 'free'
