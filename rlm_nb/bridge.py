@@ -273,6 +273,8 @@ def _inherit_cell(bridge:KernelBridge):
         return submit(self, job, *args, **kwargs)
     threading.Thread.__init__, ThreadPoolExecutor.submit = thread_init, pool_submit
 
+_FINAL_ALIASES = ('final', 'Final') # what small models write (seen with Qwen2.5-Coder-1.5B)
+
 def install(config:dict):
     "Set up the bridge in the current kernel: load inputs and define the RLM functions."
     shell = get_ipython() # noqa: F821 -- only called inside an IPython kernel
@@ -282,6 +284,7 @@ def install(config:dict):
              **{t['name']: bridge.tool_stub(t) for t in config.get('tools', [])}}
     shell.push(names, interactive=False)
     shell.user_ns['_rlm_bridge'], bridge.reserved = bridge, names
+    shell.push(dict.fromkeys(_FINAL_ALIASES, bridge.FINAL), interactive=False) # not reserved: a model may name a variable `final`
     _inherit_cell(bridge)
     loaded = []
     for spec in config.get('inputs', []):

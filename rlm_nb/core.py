@@ -72,19 +72,21 @@ _OPEN_FENCE = re.compile(r'^[ \t]*```([\w+-]*)[^\n]*$', re.M)
 _THINK = re.compile(r'<think>.*?(</think>|\Z)', re.S | re.I)
 _RUNNABLE = {'repl', 'python', 'py', 'python3', 'ipython'}
 _FINAL_START = re.compile(r'^[ \t>*_`]*(FINAL_VAR|FINAL)\(', re.M)
+_ANY_FINAL_START = re.compile(r'^[ \t>*_`]*(final_var|final)\(', re.M | re.I) # for a last answer, any case will do
+_CALLS_FINAL = re.compile(r'\bfinal(_var)?\s*\(', re.I)
 _DECOR = ' \t*_`.'
 
-def _text_final_span(text:str) -> tuple|None:
+def _text_final_span(text:str, start=_FINAL_START) -> tuple|None:
     "(kind, argument) of a FINAL(...) that starts a line and closes at the end of a line, possibly a later one."
-    m = _FINAL_START.search(text)
+    m = start.search(text)
     if not m: return None
     rest, depth, ends = text[m.end():], 1, []
     for i, ch in enumerate(rest):
         depth += (ch == '(') - (ch == ')')
         if ch == ')' and not rest[i + 1:].split('\n', 1)[0].strip(_DECOR):
-            if depth <= 0: return m[1], rest[:i]
+            if depth <= 0: return m[1].upper(), rest[:i]
             ends.append(i)
-    return (m[1], rest[:ends[-1]]) if ends else None
+    return (m[1].upper(), rest[:ends[-1]]) if ends else None
 
 def _does_something(code:str) -> bool:
     "Whether a bare-fenced block is Python that acts, rather than quoted text or output."
@@ -705,6 +707,15 @@ def _model_stop(run:_Run, e:ModelError) -> str:
 ANSWER_NOW = ("The session has reached its limit ({reason}) and no more code will run. Give your best answer now from what "
               "you have seen, as FINAL(answer) alone on a line.")
 
+def _is_python(code:str) -> bool:
+    try: ast.parse(code); return True
+    except (SyntaxError, ValueError, MemoryError, RecursionError): return False
+
+def _is_expression(code:str) -> bool:
+    try: tree = ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError): return False
+    return len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)
+
 def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> Final|None:
     s = run.session
     if s is None or s.stop_reason not in _FALLBACK_ASKS or not s.iterations: return None
@@ -720,12 +731,21 @@ def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> F
         s.iterations.append(it)
         run.emit(ModelReplied(it))
         run.final, live = None, repl is not None and repl.is_alive
+        prose = []
         for k, code in enumerate(reply.code): # a model may still answer in code, as it was taught to
-            if live and 'FINAL' in code and run.final is None: _cell(self, run, repl, bridge, it, k, code)
-        if run.final is None and reply.final:
-            if reply.final[0] == 'FINAL': run.final = (live and _named_value(repl, run, reply.final[1], self.cell_timeout)) or Final(reply.final[1], 'text')
-            elif live: _resolve_var(repl, run, reply.final[1], self.cell_timeout)
-        answer = run.final.answer if run.final else reply.reasoning.strip() or None
+            if run.final is not None: break
+            if not _is_python(code): prose.append(code.strip()); continue # an answer written inside a fence
+            if _CALLS_FINAL.search(code): call = code
+            elif _is_expression(code): call = f"FINAL(({code.strip()}))" # its last word is a value: that is its answer
+            else: continue
+            if live: _cell(self, run, repl, bridge, it, k, call)
+        final = reply.final or _text_final_span(reply.reasoning, _ANY_FINAL_START)
+        if run.final is None and final:
+            if final[0] == 'FINAL':
+                val = _literal(final[1])
+                run.final = (live and _named_value(repl, run, val, self.cell_timeout)) or Final(val, 'text')
+            elif live: _resolve_var(repl, run, final[1].strip('\'" '), self.cell_timeout)
+        answer = run.final.answer if run.final else reply.reasoning.strip() or '\n'.join(prose) or None
         it.final = Final(answer, 'fallback') if answer is not None else None
         run.emit(IterationFinished(it))
         return it.final

@@ -76,7 +76,7 @@ def _rlm_install(ip, cells, tools):
         if getattr(h, '__name__', '') == '_rlm_next_cell': ip.events.unregister('pre_run_cell', h)
     ip.events.register('pre_run_cell', next_cell)
     ip.register_magic_function(skip, 'cell', 'replay_skip')
-    ip.push({'llm_query': llm_query, 'llm_query_batched': llm_query_batched, 'rlm_query': rlm_query, 'FINAL': FINAL,
+    ip.push({'llm_query': llm_query, 'llm_query_batched': llm_query_batched, 'rlm_query': rlm_query, 'FINAL': FINAL, 'final': FINAL, 'Final': FINAL,
              'FINAL_VAR': FINAL_VAR, 'SHOW_VARS': SHOW_VARS, '_rlm_load_input': load_input, **{n: tool(n) for n in tools}},
             interactive=False)
 

@@ -297,3 +297,26 @@ def test_free_models_cost_free_not_unknown(server):
     srv = server(script([repl("print(1)"), "FINAL(1)"]))
     res = rlm(srv, price='free')("?", context='abc')
     assert res.cost == 0 and res.usage.cost_str() == 'free'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2 and 9, with evidence: the last answers Qwen2.5-Coder-1.5B really gave when asked to answer now
+
+@pytest.mark.parametrize('last_word, answer', [
+    ("```repl\nFinal(3)\n```", '3'),                                        # FINAL in the wrong case, in code
+    ("```repl\nlen(context)\n```", '4'),                                    # an expression: its value is the answer
+    ("```repl\nThe largest value in the context is 98.\n```", 'The largest value in the context is 98.'),  # prose in a fence
+    ("final(7)", '7'),                                                      # a text FINAL in the wrong case
+])
+def test_a_best_effort_answer_is_taken_in_the_forms_real_models_give_it(server, last_word, answer):
+    srv = server(script(lambda b: last_word if is_fallback(b) else repl(f"x = {turn(b)}")))
+    res = rlm(srv, max_iterations=1)("?", context='abcd')
+    assert res.stop_reason == 'max_iterations' and res.answer == answer and res.session.final.source == 'fallback'
+
+
+def test_a_lowercase_final_in_code_finishes_but_a_variable_named_final_is_kept(server):
+    srv = server(script([repl("print(len(context))\nfinal('three')")]))
+    assert rlm(srv)("?", context='abc').answer == 'three'
+    srv = server(script([repl("final = [1]\nfinal.append(2)"), repl("print(final)\nFINAL('done')")]))
+    res = rlm(srv)("?", context='abc')
+    assert res.session.cells[1].text.strip() == '[1, 2]' and res.answer == 'done' and res.stop_reason == 'final'

@@ -58,7 +58,7 @@ def test_a_batched_task():
 
 
 def test_a_tiny_reply_cap_cuts_replies_and_is_reported():
-    res = real_rlm(max_reply_tokens=40, max_iterations=4)("How many lines does the text have?",
+    res = real_rlm(max_reply_tokens=12, max_iterations=4)("How many lines does the text have?",
                                                            context='\n'.join(f"line {i}" for i in range(500)))
     assert_clean(res)
     assert any('cut off at' in it.feedback for it in res.session.iterations), 'no reply was reported cut off'
