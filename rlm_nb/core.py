@@ -16,7 +16,7 @@ from .events import *
 # %% auto 0
 __all__ = ['SYSTEM_PROMPT', 'COMPACT_AT', 'COMPACT_ASK', 'ANSWER_NOW', 'system_prompt', 'first_message', 'is_empty_code', 'Reply',
            'parse_reply', 'turns', 'Budget', 'truncate', 'RLMResult', 'RLM', 'is_repeat', 'is_window_error',
-           'fit_messages', 'refusal_of', 'replay_cell', 'comparable_outputs', 'Resume']
+           'fit_messages', 'as_final', 'refusal_of', 'replay_cell', 'comparable_outputs', 'Resume']
 
 # %% ../nbs/04_core.ipynb
 SYSTEM_PROMPT = """You are the root of a Recursive Language Model (RLM). You answer a question about inputs that are \
@@ -696,6 +696,7 @@ def _compact(self:RLM, run:_Run, forced:bool=False) -> bool:
     it.feedback = f"compacted {before:,} characters of conversation into {len(notes):,} characters of notes"
     run.emit(IterationFinished(it))
     run.emit(Notice(f"the conversation neared the model's window: {it.feedback}"))
+    run.repeats = 0 # the model no longer sees the reply it would be repeating
     return True
 
 def _model_stop(run:_Run, e:ModelError) -> str:
@@ -711,10 +712,12 @@ def _is_python(code:str) -> bool:
     try: ast.parse(code); return True
     except (SyntaxError, ValueError, MemoryError, RecursionError): return False
 
-def _is_expression(code:str) -> bool:
+def as_final(code:str) -> str|None:
+    "The block with its last expression handed to FINAL (a notebook shows that value); None if it ends otherwise."
     try: tree = ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError): return False
-    return len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)
+    except (SyntaxError, ValueError, MemoryError, RecursionError): return None
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr): return None
+    return '\n'.join([ast.unparse(ast.Module(tree.body[:-1], [])), f"FINAL(({ast.unparse(tree.body[-1].value)}))"]).strip()
 
 def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> Final|None:
     s = run.session
@@ -736,8 +739,7 @@ def _fallback(self:RLM, run:_Run, repl:KernelREPL|None, bridge:Bridge|None) -> F
             if run.final is not None: break
             if not _is_python(code): prose.append(code.strip()); continue # an answer written inside a fence
             if _CALLS_FINAL.search(code): call = code
-            elif _is_expression(code): call = f"FINAL(({code.strip()}))" # its last word is a value: that is its answer
-            else: continue
+            elif not (call := as_final(code)): continue # its last word is a value: that is its answer
             if live: _cell(self, run, repl, bridge, it, k, call)
         final = reply.final or _text_final_span(reply.reasoning, _ANY_FINAL_START)
         if run.final is None and final:

@@ -305,6 +305,7 @@ def test_free_models_cost_free_not_unknown(server):
 @pytest.mark.parametrize('last_word, answer', [
     ("```repl\nFinal(3)\n```", '3'),                                        # FINAL in the wrong case, in code
     ("```repl\nlen(context)\n```", '4'),                                    # an expression: its value is the answer
+    ("```repl\n# the size\nn = len(context)\nn * 2\n```", '8'),             # a block ending in an expression, as a notebook shows it
     ("```repl\nThe largest value in the context is 98.\n```", 'The largest value in the context is 98.'),  # prose in a fence
     ("final(7)", '7'),                                                      # a text FINAL in the wrong case
 ])

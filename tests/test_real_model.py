@@ -66,7 +66,7 @@ def test_a_tiny_reply_cap_cuts_replies_and_is_reported():
 
 def test_a_small_window_compacts_or_ends_with_an_answer():
     text = '\n'.join(f"record {i}: value {i * 7 % 101}" for i in range(20_000))
-    res = real_rlm(context_window=3000, max_iterations=8)(
+    res = real_rlm(context_window=1200, max_iterations=8)(  # a window the system prompt and two turns fill
         "What is the largest value? Print plenty of records while you look.", context=text)
     assert_clean(res)
     kinds = [it.kind for it in res.session.iterations]
