@@ -33,7 +33,9 @@ class ResultLog:
     def add(self, a:Attempt):
         line = json.dumps(a.to_dict(), default=str) + '\n'
         with self._lock, open(self.path, 'a+b') as f:
-            if f.tell() and (f.seek(-1, os.SEEK_END) or f.read(1) != b'\n'): f.write(b'\n') # end a line cut by a crash
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b'\n': f.write(b'\n') # end a line cut by a crash
             f.write(line.encode()); f.flush(); os.fsync(f.fileno())
 
 def read_results(out) -> list:
@@ -112,6 +114,7 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
     results = {a.key: a for a in log.read() if a.key in wanted}
     cost = sum(a.cost or 0 for a in log.read())
     todo = [(t, m) for t in tasks for m in methods if (t.id, m, name) not in results]
+    if window is not None: options = {**options, 'window': window}
     pool = None
     if warm:
         from rlm_nb.kernel import KernelPool

@@ -320,8 +320,8 @@ def multihop(size:int, seed:int=0, hops:int|None=None) -> Task:
     facts = ([FACTS['works'][0].format(p, c) for p, c in works.items()] + [FACTS['hq'][0].format(c, x) for c, x in hq.items()]
              + [FACTS['country'][0].format(c, x) for c, x in country.items()])
     rng.shuffle(facts)
-    per = max(200, (size * 4) // len(facts))
-    docs = [f"### Document {i + 1}\n" + ' '.join(filler(rng, per // 2) + [f] + filler(rng, per // 2)) for i, f in enumerate(facts)]
+    side = max(0, ((size * 4) // len(facts) - 70) // 2 - 20) # filler on each side of the fact (a sentence overshoots ~40 chars)
+    docs = [f"### Document {i + 1}\n" + ' '.join(filler(rng, side) + [f] + filler(rng, side)) for i, f in enumerate(facts)]
     who = rng.choice(people)
     chain = [who, works[who], hq[works[who]]] + ([country[hq[works[who]]]] if hops == 3 else [])
     context = '\n\n'.join(docs)
