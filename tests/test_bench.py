@@ -226,3 +226,20 @@ def test_oolong_end_to_end_over_http_with_a_whole_run_cost_cap(server, tmp_path)
     assert all(a.metadata['sub_model'] == 'openai/sub' and a.tokens_sub > 0 for a in rl)
     capped = run(tasks, ['rlm', 'direct', 'summary'], out=tmp_path/'b', concurrency=1, max_cost=1e-9, **kw)
     assert len(capped) == 1 and len(read_results(tmp_path/'b')) == 1
+
+
+def test_report_and_both_plots_from_a_finished_run(tmp_path):
+    from rlm_nb.bench.analysis import report, plot_scaling, plot_cost, markdown_table
+    run(make_tasks('oolong', [600, 12000], n=2), ['rlm', 'direct'], out=tmp_path, concurrency=2, progress=False)
+    t = report(tmp_path)
+    assert len(t) == 4 and set(t.n) == {2}
+    row = lambda size, m: t[(t['size'] == size) & (t.method == m)].iloc[0]
+    assert row(12000, 'rlm').score == 1.0 and row(12000, 'rlm').tokens_sub > 0
+    assert row(12000, 'direct').stop_reasons == 'truncated×2' and row(600, 'direct').stop_reasons == 'answered×2'
+    assert row(600, 'rlm').stop_reasons == 'final×2' and row(600, 'rlm').cost == 0.0
+    md = markdown_table(t)
+    assert md.count('\n') == 5 and '| oolong | 12000 | direct | scripted |' in md
+    plot_scaling(tmp_path); plot_cost(tmp_path)
+    for name in ('scaling', 'cost'):
+        assert (tmp_path/'plots'/f'{name}.png').read_bytes()[:4] == b'\x89PNG'
+        assert '<svg' in (tmp_path/'plots'/f'{name}.svg').read_text()[:500]
