@@ -243,3 +243,17 @@ def test_report_and_both_plots_from_a_finished_run(tmp_path):
     for name in ('scaling', 'cost'):
         assert (tmp_path/'plots'/f'{name}.png').read_bytes()[:4] == b'\x89PNG'
         assert '<svg' in (tmp_path/'plots'/f'{name}.svg').read_text()[:500]
+
+
+def test_cli_bench_run_then_report_with_plots(tmp_path, capsys):
+    from rlm_nb.cli import main
+    out = tmp_path/'cli'
+    assert main(['bench', 'run', '--suite', 'oolong,niah', '--sizes', '600', '--n', '1', '--methods', 'rlm,direct',
+                 '--scripted', '--quiet', '--concurrency', '2', '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'scripted solver' in printed and '| oolong | 600 | rlm | scripted | 1 | 1 |' in printed
+    assert main(['bench', 'report', str(out), '--plots']) == 0
+    assert printed.split('\n', 1)[1].strip() in capsys.readouterr().out
+    assert (out/'plots'/'scaling.svg').exists() and len(list((out/'sessions').glob('*.ipynb'))) == 2
+    with pytest.raises(SystemExit): main(['bench', 'run', '--suite', 'nope', '--scripted', '--out', str(out)])
+    assert 'unknown suite' in capsys.readouterr().err
