@@ -44,7 +44,13 @@ def markdown_table(df:pd.DataFrame, digits:int=3) -> str:
 # %% ../../nbs/15_bench_analysis.ipynb
 def _figure(n:int):
     from matplotlib.figure import Figure # no pyplot: no global state, safe in threads and headless
-    fig = Figure(figsize=(4.2 * n, 3.4), layout='constrained')
+    class Plot(Figure):
+        "A figure that shows itself in a notebook without pyplot's inline backend."
+        def _repr_png_(self):
+            import io
+            buf = io.BytesIO(); self.savefig(buf, format='png', dpi=100)
+            return buf.getvalue()
+    fig = Plot(figsize=(4.2 * n, 3.4), layout='constrained')
     return fig, [fig.add_subplot(1, n, i + 1) for i in range(n)]
 
 def _save(fig, out, name:str):
@@ -62,7 +68,9 @@ def plot_scaling(out, table:pd.DataFrame|None=None):
         for (method, model), d in t[t.suite == suite].groupby(['method', 'model']):
             d = d.sort_values('size')
             ax.errorbar(d['size'], d.score, yerr=d.ci.fillna(0), marker='o', capsize=3, label=f'{method} ({model})')
+        sizes = sorted(t[t.suite == suite]['size'].unique())
         ax.set(xscale='log', ylim=(-0.05, 1.05), xlabel='context size (tokens)', ylabel='score', title=suite)
+        ax.set_xticks(sizes, [f'{s / 1000:g}k' if s >= 1000 else str(s) for s in sizes]); ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
     return _save(fig, out, 'scaling')
@@ -72,10 +80,12 @@ def plot_cost(out, table:pd.DataFrame|None=None):
     t = report(out) if table is None else table
     t = t.assign(tokens=t.tokens_root + t.tokens_sub)
     priced = t.cost.notna().all() and (t.cost > 0).any()
-    x, label = ('cost', 'mean cost per attempt (USD)') if priced else ('tokens', 'mean tokens per attempt (no cost known)')
+    x, label = ('cost', 'mean cost per attempt (USD)') if priced else ('tokens', 'mean tokens per attempt (no priced calls)')
     fig, (ax,) = _figure(1)
     for (method, model), d in t.groupby(['method', 'model']):
         ax.scatter(d[x], d.score, label=f'{method} ({model})', alpha=0.8)
     ax.set(xscale='log', ylim=(-0.05, 1.05), xlabel=label, ylabel='score', title='score against cost')
+    from matplotlib.ticker import NullFormatter
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3); ax.legend(fontsize=8)
     return _save(fig, out, 'cost')
