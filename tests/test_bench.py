@@ -196,6 +196,21 @@ def live_kernels() -> int:
         except (psutil.NoSuchProcess, IndexError): pass
     return n
 
+def test_ctrl_c_records_the_attempts_in_flight_then_stops(tmp_path):
+    out = tmp_path/'run'
+    p = subprocess.Popen([sys.executable, '-c', RUNNER, str(out)], env={**os.environ, 'PYTHONPATH': str(ROOT)},
+                         stderr=subprocess.PIPE, text=True)
+    results, deadline = out/'results.jsonl', time.monotonic() + 120
+    while time.monotonic() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 2): time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode != 0 and 'interrupted: no new attempts' in err
+    lines = results.read_text().splitlines()
+    assert 2 <= len(lines) < 8 and all(json.loads(l)['score'] == 1.0 for l in lines)
+    res = run(make_tasks('niah', [600], n=8), ['rlm'], out=out, model=scripted_model(), concurrency=2, progress=False)
+    assert len(res) == 8 and len(results.read_text().splitlines()) == 8
+
+
 @pytest.mark.parametrize('concurrency,warm', [(2, 0), (3, 1)])
 def test_never_more_live_kernels_than_concurrency(tmp_path, concurrency, warm):
     seen, stop = [], threading.Event()

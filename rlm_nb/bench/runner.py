@@ -131,7 +131,10 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
                     if max_cost is not None and cost >= max_cost: stopping = f'max_cost ${max_cost:g} reached'; break
                     t, m = todo.pop(0)
                     running[ex.submit(attempt, t, m, methods[m], root, sub, out, options)] = (t, m)
-                if stopping and not told: print(f"[bench] {stopping}: no new attempts; {len(running)} in flight finish", file=sys.stderr); told = True
+                if stopping and not told:
+                    again = ' (Ctrl-C again to abandon them)' if stopping == 'interrupted' else ''
+                    print(f"[bench] {stopping}: no new attempts; the {len(running)} in flight finish and are recorded{again}", file=sys.stderr)
+                    told = True
                 if not running: break
                 try: finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:
@@ -147,4 +150,5 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
     finally:
         bar.close()
         if pool is not None: pool.close()
+    if stopping == 'interrupted': raise KeyboardInterrupt # every finished attempt is recorded; the caller still stops
     return list(results.values())
