@@ -9,7 +9,7 @@ from pathlib import Path
 
 # %% auto 0
 __all__ = ['DEMO_QUESTION', 'DEMO_ROOT_REPLIES', 'make_demo_context', 'demo_sub_model', 'cmd_run', 'cmd_demo', 'cmd_export',
-           'cmd_replay', 'cmd_diff', 'main']
+           'cmd_replay', 'cmd_diff', 'main', 'add_bench_parser', 'cmd_bench']
 
 # %% ../nbs/08_cli.ipynb
 DEMO_QUESTION = "One support ticket in this log is from a customer who was charged twice for the same order. What is that order number?"
@@ -121,6 +121,7 @@ def _parser():
     df = sub.add_parser('diff', help='where two sessions diverge, and what each cost')
     df.add_argument('a', type=Path, help='a session notebook or JSONL trace')
     df.add_argument('b', type=Path, help='another one')
+    add_bench_parser(sub)
     return p
 
 def _die(msg, code=2):
@@ -259,7 +260,73 @@ def main(argv=None) -> int:
     if threading.current_thread() is threading.main_thread() and argv is None:
         for sig in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
             if sig is not None: signal.signal(sig, _stop_on)
-    try: code = {'run': cmd_run, 'demo': cmd_demo, 'export': cmd_export, 'replay': cmd_replay, 'diff': cmd_diff}[a.command](a)
+    try: code = {'run': cmd_run, 'demo': cmd_demo, 'export': cmd_export, 'replay': cmd_replay, 'diff': cmd_diff, 'bench': cmd_bench}[a.command](a)
     except KeyboardInterrupt: code = 128 + (_signalled[-1] if _signalled else signal.SIGINT)
     if code >= 128 and argv is None: _exit_now(code)
     return code
+
+# %% ../nbs/08_cli.ipynb
+def add_bench_parser(sub):
+    "The `bench run` and `bench report` subcommands."
+    b = sub.add_parser('bench', help='run the RLM paper kind of experiment: suites × sizes × methods, resumable')
+    bs = b.add_subparsers(dest='bench_command', required=True)
+    r = bs.add_parser('run', help='generate tasks, run the methods, print the report')
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument('--suite', help='niah, oolong, oolong_pairs or multihop; comma-separated for several')
+    src.add_argument('--tasks', type=Path, help='a JSONL file of your own tasks (context or context_path, question, answer, metric)')
+    r.add_argument('--sizes', default='8k', help='context sizes in tokens, comma-separated (default 8k)')
+    r.add_argument('--n', type=int, default=5, help='tasks per suite and size (default 5)')
+    r.add_argument('--seed', type=int, default=0, help='first seed (default 0)')
+    r.add_argument('--methods', default='rlm,direct,summary', help='comma-separated: rlm, rlm_nosub, direct, summary (default rlm,direct,summary)')
+    r.add_argument('--model', '-m', default=os.environ.get('RLM_MODEL'), help='root model, a litellm name (default: $RLM_MODEL)')
+    r.add_argument('--sub-model', default=os.environ.get('RLM_SUB_MODEL'), help='model behind llm_query (default: the root model)')
+    r.add_argument('--scripted', action='store_true', help='use the scripted solver instead of a model (checks the machinery, not a model)')
+    r.add_argument('--api-base', help='endpoint for the models')
+    r.add_argument('--price', type=_price, metavar='IN,OUT|free', help='USD per 1M input and output tokens of the root model, or free')
+    r.add_argument('--sub-price', type=_price, metavar='IN,OUT|free', help='the same for the sub-model (default: --price)')
+    r.add_argument('--out', '-o', type=Path, default=Path('runs/bench'), help='the run directory (default runs/bench)')
+    r.add_argument('--concurrency', type=int, default=4, help='attempts and kernels at a time (default 4)')
+    r.add_argument('--warm', type=int, default=0, help='of those, slots kept as warm kernels (default 0)')
+    r.add_argument('--max-cost', type=float, help='USD for the whole run: no attempt starts past it')
+    r.add_argument('--window', type=int, help="the root model's window in tokens, for direct and summary")
+    r.add_argument('--max-iterations', type=int, help='root turns per RLM session')
+    r.add_argument('--timeout', type=float, help='wall seconds per RLM session')
+    r.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
+    rp = bs.add_parser('report', help='print the table of a run as markdown')
+    rp.add_argument('out', type=Path, help='the run directory')
+    rp.add_argument('--plots', action='store_true', help='also save the scaling and cost plots as PNG and SVG under OUT/plots')
+    return b
+
+def _bench_table(out) -> str:
+    try: from rlm_nb.bench.analysis import report, markdown_table
+    except ImportError as e: _die(f"the report needs pandas and matplotlib ({e.name} is missing): pip install 'rlm_nb[bench]'")
+    try: return markdown_table(report(out))
+    except ValueError as e: _die(str(e))
+
+def cmd_bench(a) -> int:
+    "`rlm-nb bench run|report`."
+    from rlm_nb.bench.tasks import make_tasks, load_tasks
+    from rlm_nb.lm import ModelError
+    if a.bench_command == 'report':
+        if not (a.out/'results.jsonl').exists(): _die(f"no run in {a.out}: it has no results.jsonl")
+        print(_bench_table(a.out))
+        if a.plots:
+            from rlm_nb.bench.analysis import plot_scaling, plot_cost
+            plot_scaling(a.out); plot_cost(a.out)
+            print(f"\nplots: {a.out/'plots'}/scaling.png|svg, cost.png|svg")
+        return 0
+    from rlm_nb.bench.runner import run
+    if not a.scripted and not a.model: _die("give --model (or set $RLM_MODEL), or --scripted for the scripted solver")
+    try:
+        if a.tasks: tasks = load_tasks(a.tasks)
+        else: tasks = [t for s in a.suite.split(',') for t in make_tasks(s.strip(), a.sizes.split(','), a.n, a.seed)]
+    except (ValueError, OSError) as e: _die(str(e))
+    opts = {k: v for k, v in (('max_iterations', a.max_iterations), ('timeout', a.timeout)) if v is not None}
+    try:
+        run(tasks, [m.strip() for m in a.methods.split(',')], model='scripted' if a.scripted else a.model,
+            sub_model=None if a.scripted else a.sub_model, out=a.out, concurrency=a.concurrency, warm=a.warm, max_cost=a.max_cost,
+            api_base=a.api_base, price=a.price, sub_price=a.sub_price, window=a.window, progress=not a.quiet, **opts)
+    except (ValueError, ModelError) as e: _die(str(e))
+    if a.scripted: print('(scripted solver: these numbers check the machinery, not any model)')
+    print(_bench_table(a.out))
+    return 0
