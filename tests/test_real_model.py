@@ -71,3 +71,16 @@ def test_a_small_window_compacts_or_ends_with_an_answer():
     assert_clean(res)
     kinds = [it.kind for it in res.session.iterations]
     assert 'compaction' in kinds or res.stop_reason in ('context_window', 'final', 'max_iterations', 'repeated')
+
+
+def test_a_small_bench_of_niah_and_oolong(tmp_path):
+    "The research bench on the real model: the machinery end to end, and the table for the notes (not a score)."
+    from rlm_nb import bench
+    os.environ.setdefault('OPENAI_API_KEY', 'sk-local-no-key')
+    tasks = bench.make_tasks('niah', sizes=(2000,), n=1, seed=1) + bench.make_tasks('oolong', sizes=(2000,), n=1, seed=1)
+    got = bench.run(tasks, methods=('rlm', 'direct'), model=MODEL, api_base=API_BASE, price='free', out=tmp_path / 'run',
+                    concurrency=1, window=32768, max_iterations=4, timeout=600, progress=False)
+    assert len(got) == 4 and all(a.error is None for a in got), [a.error for a in got]
+    table = bench.markdown_table(bench.report(tmp_path / 'run'))
+    print('\n' + table)
+    assert 'niah' in table and 'oolong' in table
