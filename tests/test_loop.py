@@ -39,7 +39,7 @@ def test_a_text_FINAL_of_a_variable_name_gives_its_value(server):
 def test_running_out_of_iterations_asks_the_model_and_keeps_an_answer_held_in_code(server):
     def root(body):
         if is_fallback(body): return "FINAL(final_answer)"
-        return [repl("final_answer = 'ORD-1'"), repl("final('ORD-1')")][turn(body) - 1]
+        return [repl("final_answer = 'ORD-1'"), repl("print('checking', final_answer)")][turn(body) - 1]
     srv = server(script(root))
     res = rlm(srv, max_iterations=2)("Which order?", context='abc')
     assert res.stop_reason == 'max_iterations' and res.answer == 'ORD-1' and res.session.final.source == 'fallback'
