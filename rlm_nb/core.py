@@ -690,6 +690,7 @@ def _compact(self:RLM, run:_Run, forced:bool=False) -> bool:
         return False
     run.root_usage += c.usage
     notes = _FENCE.sub('', _THINK.sub('', c.text)).strip() or c.text.strip()
+    notes = truncate(notes, max(1_000, budget // 4)) # notes longer than what they replace would compact nothing
     it = Iteration(turns(s) + 1, c.text, notes, usage=c.usage, latency=c.latency, kind='compaction')
     s.iterations.append(it)
     run.emit(ModelReplied(it))

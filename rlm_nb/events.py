@@ -388,7 +388,7 @@ class ProgressPrinter:
             errs = sum(c.status != 'ok' for c in it.cells)
             said = ' '.join(it.reasoning.split())
             said = f'"{said[:70]}…" ' if len(said) > 70 else f'"{said}" ' if said else ''
-            self._print(f"{'fallback' if it.kind == 'fallback' else f'iteration {it.index}'}: {said}{len(it.cells)} cell(s)"
+            self._print(f"{it.kind if it.kind != 'turn' else f'iteration {it.index}'}: {said}{len(it.cells)} cell(s)"
                         f"{f' ({errs} failed)' if errs else ''}, {len(it.subcalls)} sub-call(s), "
                         f"{it.usage.total_tokens:,} root tokens, {it.latency:.1f}s model" + (" -> FINAL" if it.final else ''))
         elif isinstance(e, Notice): self._print(f"{e.level}: {e.message}")

@@ -321,3 +321,15 @@ def test_a_lowercase_final_in_code_finishes_but_a_variable_named_final_is_kept(s
     srv = server(script([repl("final = [1]\nfinal.append(2)"), repl("print(final)\nFINAL('done')")]))
     res = rlm(srv)("?", context='abc')
     assert res.session.cells[1].text.strip() == '[1, 2]' and res.answer == 'done' and res.stop_reason == 'final'
+
+
+def test_compaction_notes_that_would_not_shrink_the_conversation_are_cut(server):
+    "Seen with the 1.5B model: asked for notes, it wrote them longer than the turns they replace."
+    def root(body):
+        if COMPACT_ASK[:40] in last_user(body): return "Notes: " + "the inputs are long. " * 2000
+        return _compacting_root(body)
+    srv = server(script(root))
+    res = rlm(srv, context_window=4000)("How long?", context='abc')
+    notes = next(it for it in res.session.iterations if it.kind == 'compaction').reasoning
+    assert len(notes) < 6000 and 'characters omitted' in notes
+    assert res.answer == '3' and request_chars(root_requests(srv)[-1]) < 16_000
