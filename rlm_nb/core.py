@@ -75,6 +75,11 @@ _FINAL_START = re.compile(r'^[ \t>*_`]*(FINAL_VAR|FINAL)\(', re.M)
 _ANY_FINAL_START = re.compile(r'^[ \t>*_`]*(final_var|final)\(', re.M | re.I) # for a last answer, any case will do
 _CALLS_FINAL = re.compile(r'\bfinal(_var)?\s*\(', re.I)
 _DECOR = ' \t*_`.'
+_AST = threading.Lock() # CPython 3.11's parser is not thread-safe ("AST constructor recursion depth mismatch"), and
+                        # parallel sessions (the bench) parse replies at once
+
+def _parse(code:str, mode:str='exec'):
+    with _AST: return ast.parse(code, mode=mode)
 
 def _text_final_span(text:str, start=_FINAL_START) -> tuple|None:
     "(kind, argument) of a FINAL(...) that starts a line and closes at the end of a line, possibly a later one."
@@ -90,13 +95,13 @@ def _text_final_span(text:str, start=_FINAL_START) -> tuple|None:
 
 def _does_something(code:str) -> bool:
     "Whether a bare-fenced block is Python that acts, rather than quoted text or output."
-    try: tree = ast.parse(code)
+    try: tree = _parse(code)
     except (SyntaxError, ValueError, MemoryError, RecursionError): return False
     return any(not (isinstance(n, ast.Expr) and isinstance(n.value, (ast.Constant, ast.Name))) for n in tree.body)
 
 def is_empty_code(code:str) -> bool:
     "A block with nothing to run: blank or only comments."
-    try: return not ast.parse(code).body
+    try: return not _parse(code).body
     except (SyntaxError, ValueError, MemoryError, RecursionError): return False # IPython syntax, or an error the model should see
 
 @dataclass
@@ -110,7 +115,7 @@ class Reply:
 
 def _literal(s:str) -> str:
     s = s.strip()
-    try: v = ast.literal_eval(s)
+    try: v = ast.literal_eval(_parse(s, 'eval'))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError): return s
     if isinstance(v, tuple): return s # FINAL(1,000) is the text "1,000", not (1, 0)
     return v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
@@ -710,12 +715,12 @@ ANSWER_NOW = ("The session has reached its limit ({reason}) and no more code wil
               "you have seen, as FINAL(answer) alone on a line.")
 
 def _is_python(code:str) -> bool:
-    try: ast.parse(code); return True
+    try: _parse(code); return True
     except (SyntaxError, ValueError, MemoryError, RecursionError): return False
 
 def as_final(code:str) -> str|None:
     "The block with its last expression handed to FINAL (a notebook shows that value); None if it ends otherwise."
-    try: tree = ast.parse(code)
+    try: tree = _parse(code)
     except (SyntaxError, ValueError, MemoryError, RecursionError): return None
     if not tree.body or not isinstance(tree.body[-1], ast.Expr): return None
     return '\n'.join([ast.unparse(ast.Module(tree.body[:-1], [])), f"FINAL(({ast.unparse(tree.body[-1].value)}))"]).strip()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_notebook.ipynb 3
 from __future__ import annotations
-import ast, base64, inspect, json, os, re, pickle, tempfile, shutil, difflib, textwrap
+import ast, base64, functools, inspect, json, os, re, pickle, tempfile, shutil, difflib, textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 import nbformat
@@ -12,7 +12,7 @@ from nbformat.v4 import new_notebook, new_markdown_cell, new_code_cell
 from .events import *
 from .bridge import (prompt_hash, refusal_message, batch_error, tool_call_text, Recording, ReplayMismatch,
                            recording_units, load_input, install_code, write_input, InputFile)
-from .core import RLM, RLMResult, Resume, replay_cell, comparable_outputs, refusal_of, turns
+from .core import RLM, RLMResult, Resume, replay_cell, comparable_outputs, refusal_of, turns, _parse, _AST
 from .kernel import KernelREPL, cap_output_code
 from .lm import check_model, ModelError
 
@@ -84,11 +84,16 @@ _rlm_install(get_ipython(), __import__('json').loads(%(cells)r), %(tools)r)
 del _rlm_install
 '''
 
+@functools.cache
+def _shim_sources() -> list:
+    "The source of what the shim embeds, read once: `inspect.getsource` parses whole modules, and 3.11's parser is not thread-safe."
+    with _AST: return [inspect.getsource(f) for f in (prompt_hash, refusal_message, batch_error, tool_call_text, ReplayMismatch, Recording, load_input)]
+
 def shim_code(s:Session) -> str:
     "The first code cell of an exported notebook: `llm_query` and friends answering from `s`'s recording."
     cells = [{'where': f"iteration {c.iteration}, block {c.index + 1}", 'units': recording_units(c.subcalls),
               'refusal': refusal_of(c)} for c in s.cells]
-    sources = [inspect.getsource(f) for f in (prompt_hash, refusal_message, batch_error, tool_call_text, ReplayMismatch, Recording, load_input)]
+    sources = _shim_sources()
     head = (f"{SHIM_MARK}: llm_query, llm_query_batched, rlm_query and the tools answer from the sub-calls recorded in\n"
             "# this notebook, offline. Run `rlm_nb.replay(path)` to rerun it and compare every output.")
     return head + _SHIM % {'sources': textwrap.indent('\n'.join(sources), '    '), 'cells': json.dumps(cells),
@@ -100,7 +105,8 @@ def _embed(name:str, value, limit:int) -> str|None:
     if isinstance(value, str): return f"{name} = {value!r}" if len(value) <= limit else None
     try:
         text = repr(value)
-        if ast.literal_eval(text) == value and type(ast.literal_eval(text)) is type(value):
+        back = ast.literal_eval(_parse(text, 'eval')) # the shared parser lock: sessions export from threads in the bench
+        if back == value and type(back) is type(value):
             return f"{name} = {text}" if len(text) <= limit else None
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): pass
     try: blob = base64.b64encode(pickle.dumps(value)).decode()
