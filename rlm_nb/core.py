@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from .kernel import KernelREPL, CellResult, cap_output_code
+from .remote import RemoteKernel, as_server
 from .bridge import Bridge, check_tools, RESERVED_NAMES, InputFile, install_code, write_input, describe_input, tool_spec, Recording, recording_units, replay_handler
 from .lm import as_lm, model_name, check_model, complete_by, ModelError, ModelTimeout, CompletionCache, LM, ScriptedLM, _litellm
 from .events import *
@@ -258,6 +259,7 @@ class RLM:
                  rw_paths:list=(), # extra paths the sandboxed kernel may write
                  pool=None, # a `KernelPool` to take warm kernels from (sessions with path inputs start their own)
                  kernel_options:dict|None=None, # passed to KernelREPL, e.g. memory_limit
+                 kernel=None, # where the kernel runs: None (here), or a Jupyter server's URL or `JupyterServer`
                  **lm_params): # passed to litellm, e.g. temperature=0
         if 'max_tokens' in lm_params:
             raise TypeError("RLM(max_tokens=...) is ambiguous: use max_total_tokens= for the session's token budget, "
@@ -276,7 +278,9 @@ class RLM:
         self.system_prompt, self.verbose, self.trace = system_prompt or SYSTEM_PROMPT, verbose, trace
         self.kernel_options = {'sandbox': sandbox, 'allow_network': allow_network, 'ro_paths': tuple(ro_paths),
                                'rw_paths': tuple(rw_paths), **(kernel_options or {})}
-        self.pool = pool
+        self.pool, self.server = pool, as_server(kernel)
+        if self.server is not None and (sandbox is True or pool is not None):
+            raise ValueError("sandbox=True and pool= are for local kernels; a remote kernel's isolation is its server's")
         self.events = EventStream()
         for name, v in (('max_iterations', max_iterations), ('max_llm_calls', max_llm_calls), ('max_total_tokens', max_total_tokens),
                         ('max_errors', max_errors), ('max_cost', max_cost), ('timeout', timeout), ('cell_timeout', cell_timeout),
@@ -363,7 +367,7 @@ class _Run:
         r, kw = self.rlm, dict(self.rlm.lm_kw)
         sub = RLM(model or r.sub_lm, r.sub_lm, verbose=False, cell_timeout=r.cell_timeout, max_output_chars=r.max_output_chars,
                   tools=r.tools, concurrency=r.concurrency, cache=r.cache, max_depth=r.max_depth, context_window=r.context_window,
-                  max_repeats=r.max_repeats, kernel_options=r.kernel_options, max_reply_tokens=kw.pop('max_tokens', None),
+                  max_repeats=r.max_repeats, kernel_options=r.kernel_options, kernel=r.server, max_reply_tokens=kw.pop('max_tokens', None),
                   request_timeout=kw.pop('timeout', None), **kw)
         sub.budget, sub.depth = Budget(**{**vars(r.budget), 'timeout': None if r.budget.timeout is None else
                                           max(1.0, r.budget.timeout - (time.monotonic() - self.started))}), r.depth + 1
@@ -397,6 +401,16 @@ class _Deferred:
         later = [n for n in self.got if n != signal.SIGINT] # a second Ctrl-C asked to stop, and we are stopping
         if later: signal.raise_signal(later[0])
 
+def _remote_kernel(self:RLM, run:_Run, specs:list) -> tuple:
+    "A kernel started on the session's server, and the input specs with the paths they were sent to."
+    repl, t, size = RemoteKernel(self.server).start(), time.monotonic(), sum(os.path.getsize(s['path']) for s in specs if os.path.isfile(s['path']))
+    try: specs = repl.put_inputs(specs)
+    except BaseException: repl.shutdown(); raise
+    if size >= 1 << 20:
+        dt = time.monotonic() - t
+        run.emit(Notice(f"sent the inputs to the remote kernel: {size / 1e6:,.0f} MB in {dt:.1f}s ({size / 1e6 / max(dt, 1e-9):,.0f} MB/s)"))
+    return repl, specs
+
 def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume:Resume|None=None) -> RLMResult:
     if not isinstance(query, str) or not query.strip(): raise ValueError("the question must be a non-empty string")
     values, _resume = _inputs(context, inputs, self.tools), resume
@@ -408,7 +422,8 @@ def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume
     s = run.session = Session(query, model_name(self.root_lm), model_name(self.sub_lm), inputs=descs, parent=parent,
                               settings={**vars(self.budget), 'cell_timeout': self.cell_timeout,
                                         'max_output_chars': self.max_output_chars, 'concurrency': self.concurrency,
-                                        'cache': self.cache, 'depth': self.depth, 'tools': [t['name'] for t in tools]})
+                                        'cache': self.cache, 'depth': self.depth, 'tools': [t['name'] for t in tools],
+                                        **({'kernel': self.server.url} if self.server else {})})
     s.system_prompt = (_resume and _resume.system_prompt) or system_prompt(descs, tools, template=self.system_prompt)
     s.first_message = first_message(query, descs)
     if _resume: s.settings.update(forked_from=_resume.session.id, fork_at=_resume.at)
@@ -418,13 +433,14 @@ def _run(self:RLM, query:str, context, inputs:dict, parent:str|None=None, resume
     _clean_stale_sessions()
     paths = [os.path.realpath(Path(v).expanduser()) for v in values.values() if isinstance(v, (Path, InputFile))]
     repl = self.pool.take() if self.pool is not None and not paths else None # mounts are fixed when a kernel starts
-    workdir = Path(repl.cwd if repl else tempfile.mkdtemp(prefix='rlm_nb-session-'))
+    workdir = Path(repl.cwd if repl else tempfile.mkdtemp(prefix='rlm_nb-session-')) # a remote kernel's inputs start here too
     (workdir/_OWNER).write_text(str(os.getpid()))
     bridge = None
     exiting = None
     try:
         self.events.emit(SessionStarted(s))
         specs = [write_input(v, workdir, k) for k, v in values.items()]
+        if self.server is not None: repl, specs = _remote_kernel(self, run, specs)
         bridge = Bridge(self.sub_lm, self.events, self.tools, self.concurrency, CompletionCache() if self.cache else None,
                         allow=run.allow, rlm=run.child if self.depth < self.max_depth else None,
                         lm_for=lambda name: as_lm(name, **self.lm_kw), deadline=run.deadline)
