@@ -209,10 +209,10 @@ class RemoteKernel:
         self.startup_timeout, self.interrupt_grace, self.chunk_size, self.window = startup_timeout, interrupt_grace, chunk_size, window
         self.startup_code, self.on_request, self.on_comm = startup_code, on_request, on_comm
         self.id = self.cwd = self.ws = self.framing = self.pid = None
-        self._session = _Session(username='rlm_nb', key=b'') # the server signs for the kernel; we need no key
-        self._inbox, self._alive, self._closing = queue.SimpleQueue(), False, False
+        self._session = _Session(username='rlm_nb', key=secrets.token_bytes(16)) # the server re-signs for the kernel
+        self._inbox, self._alive, self._closing, self._restarting = queue.SimpleQueue(), False, False, False
         self._send_lock, self._reader, self._stack = threading.Lock(), None, None
-        self._uploads, self._upload_comm, self._dropped_warned, self._died = {}, None, False, False
+        self._uploads, self._upload_comm, self._dropped_warned, self._died = {}, None, False, None
 
     def __repr__(self): return f"RemoteKernel({self.server.url!r}, id={self.id!r}, alive={self.is_alive})"
     def __enter__(self): return self.start()
@@ -261,6 +261,8 @@ def _read(self:RemoteKernel, ws):
         if chan == 'iopub' and msg['msg_type'] == 'status' and not msg['parent_header']:
             state = msg['content'].get('execution_state')
             if state in ('restarting', 'dead'): self._inbox.put(('died', state))
+        elif chan == 'iopub' and msg['msg_type'] == 'shutdown_reply' and not self._closing and not self._restarting:
+            self._inbox.put(('died', 'restarted by someone else' if msg['content'].get('restart') else 'deleted'))
         self._inbox.put((chan, msg))
 
 def _reconnect(self:RemoteKernel, error):
@@ -285,10 +287,15 @@ def _send(self:RemoteKernel, channel:str, msg_type:str, content:dict, parent:dic
         pack = self._session.pack
         frame = v1_pack(channel, [pack(m['header']), pack(m['parent_header']), pack(m['metadata']), pack(m['content']), *buffers])
     else: frame = legacy_pack({'channel': channel, **{k: m[k] for k in ('header', 'parent_header', 'metadata', 'content')}}, list(buffers))
-    with self._send_lock:
-        try: self.ws.send(frame)
-        except Exception as e: raise KernelDied(f"the connection to kernel {self.id} is lost: {e}") from None
-    return m['header']['msg_id']
+    end = time.monotonic() + 15
+    while True:
+        ws = self.ws
+        try:
+            with self._send_lock: ws.send(frame)
+            return m['header']['msg_id']
+        except Exception as e:
+            while self.ws is ws and not self._closing and time.monotonic() < end: time.sleep(0.05) # the reader reconnects
+            if self.ws is ws or self._closing: raise KernelDied(f"the connection to kernel {self.id} is lost: {e}") from None
 
 # %% ../nbs/17_remote.ipynb
 def _wait_ready(self:RemoteKernel, timeout:float):
@@ -363,23 +370,31 @@ def _drain(self:RemoteKernel):
 
 def _restart(self:RemoteKernel, now:bool=False):
     "A fresh kernel under the same id (all state lost), its directory and inputs back, its setup run again."
-    if self.id is None: return self.start()
-    after_death, self._died = self._died, False
+    death, self._died = self._died, None
+    if self.id is None or death == 'deleted': return _replace(self)
+    self._restarting = True
     try:
-        if after_death:
-            try: _wait_ready(self, 15); restarted = True # the server restarts a dead kernel itself
-            except (RemoteKernelError, KernelDied): restarted = False
-        if not after_death or not restarted:
-            if self.server.rest('POST', f'/api/kernels/{self.id}/restart', {}, ok404=True) is None:
-                self._alive = False; _close_socket(self); self.id = None
-                return self.start() # deleted meanwhile: a new one
+        restarted = False
+        if death in ('restarting', 'restarted by someone else'): # the server restarts a dead kernel itself
+            with contextlib.suppress(RemoteKernelError, KernelDied): _wait_ready(self, 15); restarted = True
+        if not restarted and self.server.rest('POST', f'/api/kernels/{self.id}/restart', {}, ok404=True) is None:
+            return _replace(self) # deleted meanwhile
         _drain(self)
         _wait_ready(self, self.startup_timeout)
         self._alive = True
         _boot(self)
     except BaseException:
         self.shutdown(); raise
+    finally: self._restarting = False
     return self
+
+def _replace(self:RemoteKernel):
+    "A new kernel for one that is gone: same setup and inputs, new id."
+    self._alive, self._closing = False, True
+    _close_socket(self)
+    self.id, self._upload_comm = None, None # the same directory: made again if it went with its kernel, inputs resent
+    _drain(self)
+    return self.start()
 
 def _close_socket(self:RemoteKernel):
     stack, self._stack = self._stack, None
@@ -389,7 +404,7 @@ def _close_socket(self:RemoteKernel):
 
 def _shutdown(self:RemoteKernel, now:bool=False):
     "Delete the kernel on the server (its directory first, when it can still answer). Safe to call twice."
-    if self._closing and self.id is None: return
+    if self.id is None and self._stack is None: return
     kid = self.id
     if kid is not None and self._alive and not now and self.cwd:
         with contextlib.suppress(BaseException): # the kernel's own files: the server would keep the directory
@@ -448,8 +463,7 @@ def _execute(self:RemoteKernel,
             try: chan, msg = self._inbox.get(timeout=wait)
             except queue.Empty: chan = msg = None
             if chan == 'died':
-                if not msg.startswith('restarting'): self._alive = False
-                res.status, self._died = 'died', True
+                res.status, self._died = 'died', msg
                 collect.note(_error_output('KernelDied', f'the kernel died while running this cell ({msg}: out of memory, '
                                                      'a crash, or os._exit); all variables are gone'))
                 break
