@@ -546,6 +546,98 @@ def bench_sandbox(T: Table, n: int, n_cells: int, size: int, reps: int, tmp: Pat
           f"cold start {ft(b)}", fx(a / b), '≤ 50 ms', a <= 0.05)
 
 # ----------------------------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------------------------- 7. remote kernels
+def remote_bridged(srv, lm, concurrency=8):
+    "(RemoteKernel with the bridge installed, Bridge) on the server `srv`."
+    from rlm_nb.remote import RemoteKernel
+    b = Bridge(lm, concurrency=concurrency)
+    return RemoteKernel(srv, startup_code=install_code({'inputs': [], 'tools': []}), on_request=b), b
+
+def trivial_p(k, n):
+    for _ in range(20): check(k.execute('1+1'), '2')
+    ts = []
+    for _ in range(n): ts.append(timed(lambda: check(k.execute('1+1'), '2')))
+    return ts
+
+@contextlib.contextmanager
+def stock_socket():
+    "Remote kernels without our quick ACKs: the client as a plain websocket client would be."
+    import socket, rlm_nb.remote as remote
+    saved, remote._QuickAckSocket = remote._QuickAckSocket, socket.socket
+    try: yield
+    finally: remote._QuickAckSocket = saved
+
+def bench_remote(T: Table, n_start: int, n: int, reps: int, upload: int, tmp: Path):
+    from rlm_nb.remote import RemoteKernel, serve_jupyter
+    log(f"7. remote kernels on a local jupyter server and kernel gateway (loopback), each against a local kernel")
+    with serve_jupyter('server', limit_rate=False) as srv, serve_jupyter('gateway', limit_rate=False) as kg:
+        with RemoteKernel(srv), KernelREPL(): pass # cold imports on both sides
+        starts = {'local': [], 'server': [], 'gateway': []}
+        for _ in range(n_start): # interleaved
+            for name, make in (('local', KernelREPL), ('server', lambda: RemoteKernel(srv)), ('gateway', lambda: RemoteKernel(kg))):
+                k = make(); starts[name].append(timed(k.start)); k.shutdown()
+        loc = med(starts['local'])
+        for name, where in (('server', 'jupyter server'), ('gateway', 'kernel gateway')):
+            T.add(f"remote kernel start on a {where} (POST, websocket, kernel_info, private directory), {n_start} starts",
+                  ft(med(starts[name])), f"local KernelREPL {ft(loc)}", fx(med(starts[name]) / loc))
+        T.note(f"remote start: the local KernelREPL is {'sandboxed' if sandbox_support()['ok'] else 'not sandboxed'} "
+               "(the default); a remote kernel is never sandboxed by rlm_nb.")
+        log(f"7. trivial cell `1+1`, {n} runs each")
+        with KernelREPL() as lk: local = trivial_p(lk, n)
+        for name, server in (('jupyter server', srv), ('kernel gateway', kg)):
+            with RemoteKernel(server) as rk: ours = trivial_p(rk, n)
+            T.add(f"trivial cell `1+1` p50 on a {name}, remote vs local", ft(med(ours)), f"local {ft(med(local))}",
+                  fx(med(ours) / med(local)), '≤ 1.3x', med(ours) / med(local) <= 1.3)
+        with stock_socket(), RemoteKernel(srv) as rk: stock = trivial_p(rk, min(n, 50))
+        T.add("trivial cell `1+1` p50 on a jupyter server WITHOUT our quick ACKs (the 44 ms Nagle stall)", ft(med(stock)),
+              f"local {ft(med(local))}", fx(med(stock) / med(local)))
+        with serve_jupyter('server', nodelay=True, limit_rate=False) as nd, stock_socket(), RemoteKernel(nd) as rk:
+            fixed = trivial_p(rk, min(n, 50))
+        T.add("trivial cell `1+1` p50, no quick ACKs but the server runs NoDelayConnection", ft(med(fixed)),
+              f"local {ft(med(local))}", fx(med(fixed) / med(local)))
+
+        log(f"7. llm_query overhead and 64 batched calls, remote vs local")
+        lm = ScriptedLM(lambda m: 'ok')
+        over = {}
+        for name, (k, b) in (('local', bridged(lm)), ('remote', remote_bridged(srv, lm))):
+            try:
+                with k: triv, llm = paired(k, n, '1+1', 'llm_query("x")', '2', "'ok'"); over[name] = med([y - x for x, y in zip(triv, llm)])
+            finally: b.close()
+        T.add(f"llm_query overhead (llm_query cell − `1+1` cell, p50 of {n} pairs), remote vs local", ft(over['remote']),
+              f"local {ft(over['local'])}", fx(over['remote'] / over['local']))
+        slow = ScriptedLM(lambda m: 'ok', delay=0.1)
+        batch = {}
+        for name, (k, b) in (('local', bridged(slow)), ('remote', remote_bridged(srv, slow))):
+            try:
+                with k:
+                    check(k.execute('llm_query("warm")'))
+                    batch[name] = med([timed(lambda: check(k.execute(BATCH_CELL), '64')) for _ in range(reps)])
+            finally: b.close()
+        T.add(f"64 × llm_query_batched, 100 ms model, concurrency 8 (median of {reps}), remote vs local", ft(batch['remote']),
+              f"local {ft(batch['local'])}", fx(batch['remote'] / batch['local']), '(ideal 0.80 s)')
+
+        log(f"7. {fmb(upload)} input sent to the kernel")
+        path = tmp/'upload.txt'
+        write_plain_chunks(make_text(upload), path)
+        rates = {}
+        for name, server in (('jupyter server', srv), ('kernel gateway', kg)):
+            with RemoteKernel(server) as rk:
+                rates[name] = med([upload / MB / timed(lambda: rk.put_inputs([{'name': 'ctx', 'path': str(path), 'format': 'text'}]))
+                                   for _ in range(reps)])
+        local_write = med([upload / MB / timed(lambda: write_input(path.read_text(), tmp, 'copy')) for _ in range(reps)])
+        for name, r in rates.items():
+            T.add(f"{fmb(upload)} input sent over the websocket to a {name} kernel (chunks of 4 MiB, acknowledged)",
+                  f"{r:,.0f} MB/s", f"local write_input {local_write:,.0f} MB/s", fx(r / local_write))
+        from websocket._abnf import ABNF
+        data, key = os.urandom(8 << 20), os.urandom(4)
+        from websockets.frames import apply_mask # the C speedup where it is built
+        ours = med([timed(lambda: apply_mask(data, key)) for _ in range(5)])
+        theirs = med([timed(lambda: ABNF.mask(key, data)) for _ in range(5)])
+        T.add("masking one 8 MiB frame: websockets (C) vs websocket-client (pure Python)", f"{8.39 / ours:,.0f} MB/s",
+              f"websocket-client {8.39 / theirs:,.0f} MB/s", fx(theirs / ours))
+        T.note("remote rows: both servers run on 127.0.0.1 with --ZMQChannelsWebsocketConnection.limit_rate=False, "
+               "as docs recommend; a real network adds its round trip to every cell and every llm_query.")
+
 def machine() -> str:
     return facts(['ipykernel', 'jupyter_client', 'pyzmq', 'ipython', 'litellm'],
                  "Numbers are medians unless a row says p90; every baseline is measured in this same run.")
@@ -555,6 +647,7 @@ def main(argv=None):
     ap.add_argument('--quick', action='store_true', help='skip the 1 GB context and use fewer repetitions')
     ap.add_argument('--no-http', action='store_true', help='skip the litellm/HTTP rows')
     ap.add_argument('--sandbox-only', action='store_true', help='only the sandbox and warm-pool rows')
+    ap.add_argument('--remote-only', action='store_true', help='only the remote-kernel rows (a local jupyter server and kernel gateway)')
     a = ap.parse_args(argv)
     q = a.quick
     started = time.perf_counter()
@@ -565,6 +658,9 @@ def main(argv=None):
         if a.sandbox_only:
             bench_sandbox(T, 3 if q else 7, 100 if q else 300, 100 * MB if q else 1000 * MB, 1 if q else 3, tmp)
             return _print(T, started, q)
+        if a.remote_only:
+            bench_remote(T, 3 if q else 5, 100 if q else 300, 3 if q else 5, 100 * MB, tmp)
+            return _print(T, started, q)
         bench_start(T, 3 if q else 5)
         bench_trivial(T, 100 if q else 300)
         bench_llm_query(T, 100 if q else 300, 0 if a.no_http else (20 if q else 60), 300 if q else 1000)
@@ -573,6 +669,7 @@ def main(argv=None):
         sizes = [100 * MB] if q else [100 * MB, 1000 * MB]
         bench_context(T, sizes, {100 * MB: 1 if q else 3, 1000 * MB: 3}, tmp)
         bench_sandbox(T, 3 if q else 7, 100 if q else 300, 100 * MB if q else 1000 * MB, 1 if q else 3, tmp)
+        bench_remote(T, 3 if q else 5, 100 if q else 300, 3 if q else 5, 100 * MB, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _print(T, started, q)

@@ -155,12 +155,14 @@ class KernelBridge:
         self.shell, self.kernel, self.config = shell, shell.kernel, config
         self._lock, self._ids, self._ctx = threading.Lock(), itertools.count(1), None
         self.cell_started, self.reserved = None, {} # time.time() the running (or last) cell began; name -> our function
+        self.cell_ids = {} # cell_started -> the cell_id its execute_request carried
         self.comm = create_comm(target_name=COMM_TARGET, data={'op': 'hello', 'version': 1})
         shell.events.register('pre_run_cell', self._pre_run_cell)
         shell.events.register('post_run_cell', self._post_run_cell)
 
     def _pre_run_cell(self, info=None):
         self.cell_started = time.time()
+        self.cell_ids[self.cell_started] = getattr(info, 'cell_id', None) # the host's name for the cell: no clocks compared
         _CELL.set(self.cell_started)
         self._ctx = contextvars.copy_context()
         builtins.input, getpass.getpass = _no_input, _no_input
@@ -185,7 +187,8 @@ class KernelBridge:
 
     def request(self, op:str, **payload):
         "Send a request to the host and block for its reply."
-        prompt = encode_request(op, next(self._ids), cell=self.origin(), **payload)
+        started = self.origin()
+        prompt = encode_request(op, next(self._ids), cell=started, cell_id=self.cell_ids.get(started), **payload)
         with self._lock:
             try:
                 if threading.current_thread() is threading.main_thread() or self._ctx is None: raw = self.kernel.raw_input(prompt)
@@ -396,6 +399,7 @@ class Bridge:
         self._ids, self._batches, self._lock, self._emitting = itertools.count(1), itertools.count(1), threading.Lock(), threading.RLock()
         self._models, self._reserved, self._inflight = {}, 0, {} # in flight: SubCall id -> (SubCall, its cell's list, Usage if abandoned)
         self._cells, self._starts = [], [] # ((iteration, cell), live list of SubCalls) per cell, and when each began
+        self._by_id = {} # cell_id -> index in _cells
         self._loose = [] # calls from outside any cell of this bridge
         self._open, self.position = self._loose, (None, None)
         self.calls, self.usage = 0, Usage() # running totals over the session, so budget checks cost O(1)
@@ -406,10 +410,11 @@ class Bridge:
         "The `time.monotonic()` by which sub-calls must end, if any."
         return self._deadline() if callable(self._deadline) else self._deadline
 
-    def begin_cell(self, iteration:int, cell:int) -> list:
-        "Open the record of a cell; returns its live list of sub-calls, to which late calls are added too."
+    def begin_cell(self, iteration:int, cell:int, cell_id:str|None=None) -> list:
+        "Open the record of a cell (`cell_id`: what its execute_request says); returns its live list of sub-calls, to which late calls are added too."
         with self._lock:
             calls = []
+            if cell_id is not None: self._by_id[cell_id] = len(self._cells)
             self._cells.append(((iteration, cell), calls)); self._starts.append(time.time())
             self._open, self.position = calls, (iteration, cell)
         return calls
@@ -423,8 +428,9 @@ class Bridge:
             calls.sort(key=lambda s: s.id)
         return calls
 
-    def _home(self, started:float|None) -> tuple:
-        "(position, list) of the cell whose code made a request; `started` is when that cell began, per the kernel."
+    def _home(self, started:float|None, cell_id:str|None=None) -> tuple:
+        "(position, list) of the cell whose code made a request: by its `cell_id`, else by when it began, per the kernel."
+        if cell_id in self._by_id: return self._cells[self._by_id[cell_id]]
         if started is not None and self._starts:
             i = bisect.bisect_right(self._starts, started) - 1
             return self._cells[i] if i >= 0 else ((None, None), self._loose)
@@ -458,7 +464,7 @@ class Bridge:
         op = req.get('op')
         handler = getattr(self, f'_op_{op}', None)
         if handler is None: return fail(f"unknown bridge operation {op!r}")
-        with self._lock: home = self._home(req.get('cell'))
+        with self._lock: home = self._home(req.get('cell'), req.get('cell_id'))
         try: return ok(handler(req, home))
         except Exception as e: return fail(str(e) or type(e).__name__)
 

@@ -92,6 +92,9 @@ def _parser():
         a.add_argument('--allow-network', action='store_true', help='let sandboxed code reach the network')
         a.add_argument('--ro', action='append', default=[], metavar='PATH', help='an extra path the sandboxed kernel may read; repeatable')
         a.add_argument('--rw', action='append', default=[], metavar='PATH', help='an extra path the sandboxed kernel may write; repeatable')
+        a.add_argument('--kernel-url', default=os.environ.get('RLM_NB_KERNEL_URL'), metavar='URL',
+                       help='run the kernel on this Jupyter Server or Kernel Gateway; its token from $RLM_NB_KERNEL_TOKEN '
+                            '(default: $RLM_NB_KERNEL_URL, else a local kernel)')
         a.add_argument('--max-cost', type=float, help='USD, counting priced calls')
         a.add_argument('--timeout', type=float, help='wall seconds for the session')
         a.add_argument('--cell-timeout', type=float, default=120, help='seconds one code block may run (default 120)')
@@ -155,7 +158,7 @@ def _budget_kwargs(a) -> dict:
               max_cost=a.max_cost, timeout=a.timeout, cell_timeout=a.cell_timeout, max_errors=a.max_errors,
               max_reply_tokens=a.max_reply_tokens, request_timeout=a.request_timeout, context_window=a.context_window,
               concurrency=a.concurrency, verbose=not a.quiet, trace=a.trace, price=a.price, sub_price=a.sub_price,
-              sandbox=a.sandbox, allow_network=a.allow_network, ro_paths=a.ro, rw_paths=a.rw)
+              sandbox=a.sandbox, allow_network=a.allow_network, ro_paths=a.ro, rw_paths=a.rw, kernel=a.kernel_url)
     if a.temperature is not None: kw['temperature'] = a.temperature
     return kw
 
@@ -177,11 +180,12 @@ def cmd_run(a) -> int:
     from rlm_nb.core import RLM
     from rlm_nb.lm import ModelError
     from rlm_nb.kernel import SandboxUnavailable
+    from rlm_nb.remote import RemoteKernelError
     try:
         rlm = RLM(a.model, a.sub_model, api_base=a.api_base, sub_api_base=a.sub_api_base, **_budget_kwargs(a))
         rlm.check(where='cli')
         res = rlm(a.query, **inputs)
-    except (ModelError, ValueError, FileNotFoundError, SandboxUnavailable) as e: _die(str(e))
+    except (ModelError, ValueError, FileNotFoundError, SandboxUnavailable, RemoteKernelError) as e: _die(str(e))
     return _finish(res, a.json)
 
 def cmd_demo(a) -> int:
@@ -198,10 +202,13 @@ def cmd_demo(a) -> int:
               "model's replies are recorded and the sub-calls are answered by a scripted reader. The kernel, the bridge, "
               f"the progress, the trace and the answer are all real. Context: a generated {len(text) / 1e6:.1f} MB log.",
               file=sys.stderr)
-        rlm = RLM(ScriptedLM(DEMO_ROOT_REPLIES, model='scripted-root'), ScriptedLM(demo_sub_model, model='scripted-reader'),
-                  **_budget_kwargs(a))
+        try: rlm = RLM(ScriptedLM(DEMO_ROOT_REPLIES, model='scripted-root'), ScriptedLM(demo_sub_model, model='scripted-reader'),
+                       **_budget_kwargs(a))
+        except ValueError as e: _die(str(e))
     print(f"question: {question}", file=sys.stderr)
-    res = rlm(question, context=text)
+    from rlm_nb.remote import RemoteKernelError
+    try: res = rlm(question, context=text)
+    except RemoteKernelError as e: _die(str(e))
     print(f"expected answer: {expected} ({'match' if res.answer and expected in res.answer else 'no match'})", file=sys.stderr)
     if a.export: print(f"exported the session to {res.export(a.export)}", file=sys.stderr)
     return _finish(res, a.json)

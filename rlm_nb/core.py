@@ -507,14 +507,15 @@ def _messages(s:Session, extra:str='') -> list:
 
 def _cell(self:RLM, run:_Run, repl:KernelREPL, bridge:Bridge, it:Iteration, k:int, code:str) -> CodeCell:
     "Run one code block and record it."
-    bridge.begin_cell(it.index, k)
+    cell_id = f"rlm_nb-{it.index}.{k}"
+    bridge.begin_cell(it.index, k, cell_id)
     bridge.refused = None # a refusal counts for the block that met it
     run.emit(CellStarted(it.index, k, code))
     timeout = self.cell_timeout
     if run.deadline is not None:
         left = max(0.1, run.deadline - time.monotonic())
         timeout = left if timeout is None else min(timeout, left)
-    r = repl.execute(code, timeout=timeout, on_output=lambda o: run.emit(CellOutput(it.index, k, o)))
+    r = repl.execute(code, timeout=timeout, on_output=lambda o: run.emit(CellOutput(it.index, k, o)), cell_id=cell_id)
     text = r.text
     if r.status == 'died' or r.restarted:
         if r.status == 'died': repl.restart()

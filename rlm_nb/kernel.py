@@ -19,7 +19,7 @@ log = logging.getLogger('rlm_nb')
 __all__ = ['log', 'GiB', 'DEFAULT_LIMITS', 'kernel_env', 'strip_ansi', 'outputs_to_text', 'output_from_msg', 'OutputCollector',
            'cap_output', 'cap_output_code', 'CellResult', 'KernelDied', 'limits_argv', 'hidden_dirs', 'python_paths',
            'sandbox_argv', 'sandbox_env', 'SandboxUnavailable', 'sandbox_support', 'hold_undumpable',
-           'release_undumpable', 'hand_over', 'KernelREPL', 'KernelPool']
+           'release_undumpable', 'hand_over', 'execute_content', 'KernelREPL', 'KernelPool']
 
 # %% ../nbs/00_kernel.ipynb
 def kernel_env(base:dict|None=None, extra:dict|None=None) -> dict:
@@ -417,6 +417,11 @@ def _reply_text(fut:Future) -> str:
 
 def _refuse(prompt): return '' # a kernel without a bridge gets an empty line
 
+def execute_content(code:str, silent:bool=False) -> dict:
+    "An execute_request's content: stdin allowed (the bridge needs it), later cells run after an error."
+    return {'code': code, 'silent': silent, 'store_history': not silent, 'user_expressions': {}, 'allow_stdin': True,
+            'stop_on_error': False}
+
 def _error_output(ename, evalue):
     from nbformat.v4 import new_output
     return new_output('error', ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
@@ -606,12 +611,15 @@ class KernelREPL:
                 on_request:Callable[[str], str]|None=None, # answers an input_request prompt; runs on a worker thread
                 on_comm:Callable[[dict], None]|None=None, # receives comm_open/comm_msg contents
                 on_output:Callable[[dict], None]|None=None, # receives each nbformat output as it arrives
-                silent:bool=False) -> CellResult: # don't count or record the execution
+                silent:bool=False, # don't count or record the execution
+                cell_id:str|None=None) -> CellResult: # the cell's id in the kernel (IPython's `info.cell_id`): it tags the cell's requests
         "Run `code` in the kernel and collect everything it produced."
         if not self.is_alive: raise KernelDied("the kernel is not running; call restart()")
         kc, start = self.kc, time.monotonic()
         on_request, on_comm = on_request or self.on_request or _refuse, on_comm or self.on_comm
-        msg_id = kc.execute(code, silent=silent, store_history=not silent, allow_stdin=True, stop_on_error=False)
+        msg = kc.session.msg('execute_request', execute_content(code, silent), metadata={'cellId': cell_id} if cell_id else {})
+        kc.shell_channel.send(msg)
+        msg_id = msg['header']['msg_id']
         res, collect = CellResult(), OutputCollector()
         deadline = start + timeout if timeout else None
         idle = replied = False

@@ -59,6 +59,7 @@ class RLMMagics(Magics):
     max_iterations = Int(20, help="root-model turns").tag(config=True)
     max_cost = Float(None, allow_none=True, help="USD limit, counting priced calls").tag(config=True)
     widget = Bool(True, help="show the live timeline (else print progress lines)").tag(config=True)
+    kernel_url = Unicode(None, allow_none=True, help="run kernels on this Jupyter server (token: $RLM_NB_KERNEL_TOKEN)").tag(config=True)
     options = Dict(help="more keyword arguments for RLM").tag(config=True)
 
     @magic_arguments()
@@ -76,6 +77,7 @@ class RLMMagics(Magics):
     @argument('--sandbox', dest='sandbox', action='store_const', const=True, default=None, help="run the kernel under bubblewrap, or fail")
     @argument('--no-sandbox', dest='sandbox', action='store_const', const=False, help="run the kernel unsandboxed")
     @argument('--allow-network', action='store_true', default=None, help="let sandboxed code reach the network")
+    @argument('--kernel-url', metavar='URL', help="run the kernel on this Jupyter server; its token from $RLM_NB_KERNEL_TOKEN")
     @argument('question', nargs='*', help="the question (line magic); the cell body for %%%%rlm")
     @line_cell_magic
     def rlm(self, line:str='', cell:str|None=None):
@@ -105,6 +107,7 @@ def _build(self:RLMMagics, args) -> RLM:
             'max_cost': args.max_cost if args.max_cost is not None else self.max_cost, 'verbose': args.no_widget or not self.widget}
     for k in ('max_reply_tokens', 'sandbox', 'allow_network'):
         if getattr(args, k) is not None: opts[k] = getattr(args, k)
+    if args.kernel_url or self.kernel_url: opts['kernel'] = args.kernel_url or self.kernel_url
     try:
         rlm = RLM(model, _pick(args.sub_model, ns) or self.sub_model, api_base=args.api_base or self.api_base,
                   sub_api_base=self.sub_api_base, **opts)

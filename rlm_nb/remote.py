@@ -10,13 +10,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable
 from jupyter_client.session import Session as _Session
-from .kernel import CellResult, KernelDied, OutputCollector, _error_output, _reply_text, _refuse, _live, _on_sigterm
+from .kernel import CellResult, KernelDied, OutputCollector, execute_content, _error_output, _reply_text, _refuse, _live, _on_sigterm
 
 log = logging.getLogger('rlm_nb')
 
 # %% auto 0
-__all__ = ['log', 'TOKEN_ENV', 'V1', 'RemoteKernelError', 'JupyterServer', 'as_server', 'v1_pack', 'v1_unpack', 'legacy_pack',
-           'legacy_unpack', 'RemoteKernel', 'jupyter_command', 'serve_jupyter']
+__all__ = ['log', 'TOKEN_ENV', 'V1', 'EG_ENV', 'RemoteKernelError', 'JupyterServer', 'as_server', 'v1_pack', 'v1_unpack',
+           'legacy_pack', 'legacy_unpack', 'RemoteKernel', 'jupyter_command', 'enterprise_gateway', 'serve_jupyter']
 
 # %% ../nbs/17_remote.ipynb
 TOKEN_ENV = 'RLM_NB_KERNEL_TOKEN'
@@ -38,10 +38,11 @@ class JupyterServer:
     def __init__(self,
                  url:str, # e.g. http://127.0.0.1:8888, with any base path
                  token:str|None=None, # the server's token; by default from $RLM_NB_KERNEL_TOKEN, else $JUPYTER_TOKEN
-                 kernel_name:str='python3', # the kernelspec to start; it must be able to import rlm_nb
+                 kernel_name:str|None=None, # the kernelspec to start, which must import rlm_nb: $RLM_NB_KERNEL_NAME, else python3
                  username:str|None=None, # sent as KERNEL_USERNAME (Enterprise Gateway refuses root without it); $KERNEL_USERNAME by default
                  request_timeout:float=30): # seconds for one REST call
-        self.url, self.kernel_name, self.request_timeout = _check_url(url), kernel_name, request_timeout
+        self.url, self.request_timeout = _check_url(url), request_timeout
+        self.kernel_name = kernel_name or os.environ.get('RLM_NB_KERNEL_NAME') or 'python3'
         self._token = token if token is not None else os.environ.get(TOKEN_ENV) or os.environ.get('JUPYTER_TOKEN') or ''
         self.username = username or os.environ.get('KERNEL_USERNAME') or getpass.getuser()
         self.ws_url = 'ws' + self.url[4:] # http -> ws, https -> wss
@@ -106,8 +107,8 @@ def v1_pack(channel:str, parts:list) -> bytes:
 def v1_unpack(frame:bytes) -> tuple:
     "The channel and parts of a v1 frame."
     n = int.from_bytes(frame[:8], 'little')
-    offs = [int.from_bytes(frame[8 * (i + 1):8 * (i + 2)], 'little') for i in range(n)] + [len(frame)]
-    return frame[offs[0]:offs[1]].decode(), [frame[offs[i]:offs[i + 1]] for i in range(1, n)][:n - 1]
+    offs = [int.from_bytes(frame[8 * (i + 1):8 * (i + 2)], 'little') for i in range(n)] # the last one is the end
+    return frame[offs[0]:offs[1]].decode(), [frame[offs[i]:offs[i + 1]] for i in range(1, n - 1)]
 
 def legacy_pack(msg:dict, buffers:list) -> str|bytes:
     "A legacy frame: JSON text, or offsets + JSON + buffers when there are buffers."
@@ -149,6 +150,7 @@ def __getattr__(name):
         def connect(self):
             self.websocket_handler.set_nodelay(True)
             return super().connect()
+    NoDelayConnection.__module__, NoDelayConnection.__qualname__ = __name__, 'NoDelayConnection'
     globals()['NoDelayConnection'] = NoDelayConnection
     return NoDelayConnection
 
@@ -280,9 +282,9 @@ def _reconnect(self:RemoteKernel, error):
         time.sleep(wait)
     self._inbox.put(('died', f'disconnected: {error}'))
 
-def _send(self:RemoteKernel, channel:str, msg_type:str, content:dict, parent:dict|None=None, buffers=()) -> str:
+def _send(self:RemoteKernel, channel:str, msg_type:str, content:dict, parent:dict|None=None, buffers=(), metadata:dict|None=None) -> str:
     "Send one message; its msg_id."
-    m = self._session.msg(msg_type, content, parent=parent)
+    m = self._session.msg(msg_type, content, parent=parent, metadata=metadata)
     if self.framing == 'v1':
         pack = self._session.pack
         frame = v1_pack(channel, [pack(m['header']), pack(m['parent_header']), pack(m['metadata']), pack(m['content']), *buffers])
@@ -447,13 +449,13 @@ def _execute(self:RemoteKernel,
              on_request:Callable[[str], str]|None=None, # answers an input_request prompt; runs on a worker thread
              on_comm:Callable[[dict], None]|None=None, # receives comm_open/comm_msg contents
              on_output:Callable[[dict], None]|None=None, # receives each nbformat output as it arrives
-             silent:bool=False) -> CellResult: # don't count or record the execution
+             silent:bool=False, # don't count or record the execution
+             cell_id:str|None=None) -> CellResult: # the cell's id in the kernel: it tags the cell's requests
     "Run `code` in the remote kernel and collect everything it produced."
     if not self.is_alive: raise KernelDied("the kernel is not running; call restart()")
     start = time.monotonic()
     on_request, on_comm = on_request or self.on_request or _refuse, on_comm or self.on_comm
-    msg_id = _send(self, 'shell', 'execute_request', {'code': code, 'silent': silent, 'store_history': not silent,
-                                                     'user_expressions': {}, 'allow_stdin': True, 'stop_on_error': False})
+    msg_id = _send(self, 'shell', 'execute_request', execute_content(code, silent), metadata={'cellId': cell_id} if cell_id else None)
     res, collect = CellResult(), OutputCollector()
     deadline = start + timeout if timeout else None
     idle = replied = dropped = False
@@ -560,30 +562,56 @@ RemoteKernel.put_inputs = _put_inputs
 def _free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def jupyter_command(kind:str, port:int, token:str, root:str, limit_rate:bool=True, nodelay:bool=False) -> list:
+def jupyter_command(kind:str, port:int, token:str, root:str, limit_rate:bool=True, nodelay:bool=False, extra_args=()) -> list:
     "The command line of a local `jupyter server` ('server') or `jupyter kernelgateway` ('gateway')."
     rate = [] if limit_rate else ['--ZMQChannelsWebsocketConnection.limit_rate=False']
     if kind == 'server':
         return [sys.executable, '-m', 'jupyter', 'server', '--ip=127.0.0.1', f'--port={port}', '--ServerApp.port_retries=0',
                 '--no-browser', '--allow-root', f'--ServerApp.root_dir={root}', f'--IdentityProvider.token={token}', *rate,
-                *(['--ServerApp.kernel_websocket_connection_class=rlm_nb.remote.NoDelayConnection'] if nodelay else [])]
+                *(['--ServerApp.kernel_websocket_connection_class=rlm_nb.remote.NoDelayConnection'] if nodelay else []), *extra_args]
     if kind == 'gateway':
         return [sys.executable, '-m', 'jupyter', 'kernelgateway', '--KernelGatewayApp.ip=127.0.0.1', f'--KernelGatewayApp.port={port}',
-                '--KernelGatewayApp.port_retries=0', f'--KernelGatewayApp.auth_token={token}', '--JupyterWebsocketPersonality.list_kernels=True', *rate]
-    raise ValueError(f"kind must be 'server' or 'gateway', not {kind!r}")
+                '--KernelGatewayApp.port_retries=0', f'--KernelGatewayApp.auth_token={token}', '--JupyterWebsocketPersonality.list_kernels=True',
+                *rate, *extra_args]
+    if kind == 'enterprise':
+        return [enterprise_gateway(), 'enterprisegateway', '--EnterpriseGatewayApp.ip=127.0.0.1', f'--EnterpriseGatewayApp.port={port}',
+                '--EnterpriseGatewayApp.port_retries=0', f'--EnterpriseGatewayApp.auth_token={token}',
+                '--EnterpriseGatewayApp.list_kernels=True', *extra_args]
+    raise ValueError(f"kind must be 'server', 'gateway' or 'enterprise', not {kind!r}")
+
+EG_ENV = 'RLM_NB_ENTERPRISE_GATEWAY'
+
+def enterprise_gateway() -> str:
+    "The `jupyter` of an environment with Enterprise Gateway (it pins old jupyter packages, so it lives apart): ${EG_ENV}."
+    exe = os.environ.get(EG_ENV)
+    if not exe or not os.access(exe, os.X_OK):
+        raise RemoteKernelError(f"no Enterprise Gateway: set ${EG_ENV} to the `jupyter` of a venv with it, e.g. "
+                                f"python -m venv .venv-eg && .venv-eg/bin/pip install jupyter_enterprise_gateway && "
+                                f"export {EG_ENV}=$PWD/.venv-eg/bin/jupyter")
+    return exe
+
+def _kernelspec_here(root:str, name:str='rlm_nb') -> str:
+    "A kernelspec running this interpreter's ipykernel (which has rlm_nb), for a server from another environment."
+    d = Path(root, 'share', 'jupyter', 'kernels', name); d.mkdir(parents=True)
+    (d/'kernel.json').write_text(json.dumps({'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+                                             'display_name': 'rlm_nb', 'language': 'python'}))
+    return str(Path(root, 'share', 'jupyter'))
 
 @contextlib.contextmanager
-def serve_jupyter(kind:str='server', # 'server' (jupyter_server) or 'gateway' (Kernel Gateway)
+def serve_jupyter(kind:str='server', # 'server' (jupyter_server), 'gateway' (Kernel Gateway) or 'enterprise' (Enterprise Gateway)
                   limit_rate:bool=True, # keep the server's IOPub rate limits (its default)
                   nodelay:bool=False, # serve kernel websockets with `NoDelayConnection`
+                  port:int|None=None, # a free one by default
+                  extra_args=(), # more command-line options for the server
                   startup_timeout:float=60):
     "Run a local Jupyter server with a fresh token for the duration; yields its `JupyterServer`."
-    port, token, root = _free_port(), secrets.token_hex(16), tempfile.mkdtemp(prefix='rlm_nb-server-')
+    port, token, root = port or _free_port(), secrets.token_hex(16), tempfile.mkdtemp(prefix='rlm_nb-server-')
     env = {**os.environ, 'JUPYTER_TOKEN': ''} # the token travels on the command line of a server only we can see
+    if kind == 'enterprise': env['JUPYTER_PATH'] = _kernelspec_here(root)
     log_file = open(os.path.join(root, '.server.log'), 'wb')
-    proc = subprocess.Popen(jupyter_command(kind, port, token, root, limit_rate, nodelay), cwd=root, env=env,
+    proc = subprocess.Popen(jupyter_command(kind, port, token, root, limit_rate, nodelay, extra_args), cwd=root, env=env,
                             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    server = JupyterServer(f'http://127.0.0.1:{port}', token=token)
+    server = JupyterServer(f'http://127.0.0.1:{port}', token=token, **({'kernel_name': 'rlm_nb', 'username': 'rlm_nb'} if kind == 'enterprise' else {}))
     try:
         end = time.monotonic() + startup_timeout
         while True:
