@@ -562,7 +562,8 @@ RemoteKernel.put_inputs = _put_inputs
 def _free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def jupyter_command(kind:str, port:int, token:str, root:str, limit_rate:bool=True, nodelay:bool=False, extra_args=()) -> list:
+def jupyter_command(kind:str, port:int, token:str, root:str, limit_rate:bool=True, nodelay:bool=False, list_kernels:bool=True,
+                    extra_args=()) -> list:
     "The command line of a local `jupyter server` ('server') or `jupyter kernelgateway` ('gateway')."
     rate = [] if limit_rate else ['--ZMQChannelsWebsocketConnection.limit_rate=False']
     if kind == 'server':
@@ -571,12 +572,12 @@ def jupyter_command(kind:str, port:int, token:str, root:str, limit_rate:bool=Tru
                 *(['--ServerApp.kernel_websocket_connection_class=rlm_nb.remote.NoDelayConnection'] if nodelay else []), *extra_args]
     if kind == 'gateway':
         return [sys.executable, '-m', 'jupyter', 'kernelgateway', '--KernelGatewayApp.ip=127.0.0.1', f'--KernelGatewayApp.port={port}',
-                '--KernelGatewayApp.port_retries=0', f'--KernelGatewayApp.auth_token={token}', '--JupyterWebsocketPersonality.list_kernels=True',
+                '--KernelGatewayApp.port_retries=0', f'--KernelGatewayApp.auth_token={token}', f'--JupyterWebsocketPersonality.list_kernels={list_kernels}',
                 *rate, *extra_args]
     if kind == 'enterprise':
         return [enterprise_gateway(), 'enterprisegateway', '--EnterpriseGatewayApp.ip=127.0.0.1', f'--EnterpriseGatewayApp.port={port}',
                 '--EnterpriseGatewayApp.port_retries=0', f'--EnterpriseGatewayApp.auth_token={token}',
-                '--EnterpriseGatewayApp.list_kernels=True', *extra_args]
+                f'--EnterpriseGatewayApp.list_kernels={list_kernels}', *extra_args]
     raise ValueError(f"kind must be 'server', 'gateway' or 'enterprise', not {kind!r}")
 
 EG_ENV = 'RLM_NB_ENTERPRISE_GATEWAY'
@@ -602,6 +603,7 @@ def serve_jupyter(kind:str='server', # 'server' (jupyter_server), 'gateway' (Ker
                   limit_rate:bool=True, # keep the server's IOPub rate limits (its default)
                   nodelay:bool=False, # serve kernel websockets with `NoDelayConnection`
                   port:int|None=None, # a free one by default
+                  list_kernels:bool=True, # let the gateways list their kernels (a jupyter server always does)
                   extra_args=(), # more command-line options for the server
                   startup_timeout:float=60):
     "Run a local Jupyter server with a fresh token for the duration; yields its `JupyterServer`."
@@ -609,7 +611,7 @@ def serve_jupyter(kind:str='server', # 'server' (jupyter_server), 'gateway' (Ker
     env = {**os.environ, 'JUPYTER_TOKEN': ''} # the token travels on the command line of a server only we can see
     if kind == 'enterprise': env['JUPYTER_PATH'] = _kernelspec_here(root)
     log_file = open(os.path.join(root, '.server.log'), 'wb')
-    proc = subprocess.Popen(jupyter_command(kind, port, token, root, limit_rate, nodelay, extra_args), cwd=root, env=env,
+    proc = subprocess.Popen(jupyter_command(kind, port, token, root, limit_rate, nodelay, list_kernels, extra_args), cwd=root, env=env,
                             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     server = JupyterServer(f'http://127.0.0.1:{port}', token=token, **({'kernel_name': 'rlm_nb', 'username': 'rlm_nb'} if kind == 'enterprise' else {}))
     try:

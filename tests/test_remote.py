@@ -212,7 +212,7 @@ def test_a_taken_port_fails_instead_of_moving_to_another():
 
 
 def test_a_gateway_that_does_not_list_kernels_says_which_setting_to_change():
-    with serve_jupyter('gateway', extra_args=['--JupyterWebsocketPersonality.list_kernels=False']) as kg:
+    with serve_jupyter('gateway', list_kernels=False) as kg:
         with pytest.raises(RemoteKernelError, match='list_kernels=True'): kg.kernels()
         with RemoteKernel(kg) as k: assert k.execute('1').ok # listing is not needed to run a kernel
 
