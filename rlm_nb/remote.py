@@ -271,15 +271,16 @@ def _reconnect(self:RemoteKernel, error):
     "The socket closed under us: reconnect with the same session id, or report the kernel gone."
     for wait in (0.1, 0.5, 2, 5):
         if self._closing: return
-        if self.server.rest('GET', f'/api/kernels/{self.id}', ok404=True) is None:
-            self._inbox.put(('died', 'deleted')); return
         try:
+            if self.server.rest('GET', f'/api/kernels/{self.id}', ok404=True) is None:
+                return self._inbox.put(('died', 'deleted'))
             old, self._stack = self._stack, None
             with contextlib.suppress(Exception): old.close()
             _connect(self, self.startup_timeout)
             return log.info("rlm_nb: reconnected to kernel %s after %s", self.id, error)
         except Exception as e: error = e
         time.sleep(wait)
+    self._alive = False # nothing more can reach it: restart() starts a new kernel where the server is back
     self._inbox.put(('died', f'disconnected: {error}'))
 
 def _send(self:RemoteKernel, channel:str, msg_type:str, content:dict, parent:dict|None=None, buffers=(), metadata:dict|None=None) -> str:
@@ -296,7 +297,7 @@ def _send(self:RemoteKernel, channel:str, msg_type:str, content:dict, parent:dic
             with self._send_lock: ws.send(frame)
             return m['header']['msg_id']
         except Exception as e:
-            while self.ws is ws and not self._closing and time.monotonic() < end: time.sleep(0.05) # the reader reconnects
+            while self.ws is ws and self._alive and time.monotonic() < end: time.sleep(0.05) # the reader reconnects
             if self.ws is ws or self._closing: raise KernelDied(f"the connection to kernel {self.id} is lost: {e}") from None
 
 # %% ../nbs/17_remote.ipynb
@@ -455,8 +456,12 @@ def _execute(self:RemoteKernel,
     if not self.is_alive: raise KernelDied("the kernel is not running; call restart()")
     start = time.monotonic()
     on_request, on_comm = on_request or self.on_request or _refuse, on_comm or self.on_comm
-    msg_id = _send(self, 'shell', 'execute_request', execute_content(code, silent), metadata={'cellId': cell_id} if cell_id else None)
     res, collect = CellResult(), OutputCollector()
+    try: msg_id = _send(self, 'shell', 'execute_request', execute_content(code, silent), metadata={'cellId': cell_id} if cell_id else None)
+    except KernelDied as e:
+        self._died = self._died or 'disconnected'
+        res.outputs, res.status = [_error_output('KernelDied', f'{e}; all variables are gone')], 'died'
+        return res
     deadline = start + timeout if timeout else None
     idle = replied = dropped = False
     try:
@@ -499,7 +504,7 @@ def _execute(self:RemoteKernel,
                                                          'was restarted and all variables are gone'))
                     break
                 res.status, deadline = 'timeout', time.monotonic() + self.interrupt_grace
-                self.interrupt()
+                with contextlib.suppress(RemoteKernelError): self.interrupt() # a server that is gone: the reader will say so
     except KeyboardInterrupt:
         res.status = 'interrupted'
         _settle(self, msg_id)

@@ -240,3 +240,14 @@ def test_ctrl_c_on_a_bench_leaves_no_kernel_on_the_server(jupyter, tmp_path):
         if p.poll() is None: p.kill()
     assert 'FINISHED' not in out, out[-2000:]
     assert jupyter.kernels() == []
+
+
+def test_a_server_that_goes_away_ends_the_cell_instead_of_hanging():
+    with serve_jupyter('server') as srv:
+        k = RemoteKernel(srv).start()
+        try:
+            srv.process.kill(); srv.process.wait()
+            r = k.execute('1', timeout=60)
+            assert r.status == 'died' and 'lost' in r.text
+            with pytest.raises(RemoteKernelError, match='cannot reach the kernel server'): k.restart()
+        finally: k.shutdown()
