@@ -85,7 +85,7 @@ def kernel_start_cpu(n:int=4) -> float:
         total += own_cpu() - host
     return total / n
 
-ROWS = ('direct', 'cold', 'warm', 'reused')
+ROWS = ('direct', 'cold', 'warm', 'reused', 'reused-warm')
 
 def serve(delay:float):
     "The `--serve` mode: a ScriptedServer in this process, its URL on stdout; each line on stdin asks for the request count."
@@ -132,6 +132,11 @@ def main():
         w = c // 4
         if 'warm' in rows: bench_row(t, srv, f'rlm, {c - w} sessions + {w} warm kernels', ['rlm'], 3, a.attempts, c, a.delay, warm=w)
         if 'reused' in rows: bench_row(t, srv, f'rlm, concurrency {c}, reused kernels (reuse_kernels=True)', ['rlm'], 3, a.attempts, c, a.delay, reuse=True)
+        if 'reused-warm' in rows: # the steady state of a long run: the kernels were started before the clock starts
+            from rlm_nb.bench.runner import KernelRecycler
+            with KernelRecycler() as rec:
+                bench_row(t, srv, f'rlm, concurrency {c}, reused kernels started before the run (KernelRecycler().warm_up({c}))',
+                          ['rlm'], 3, a.attempts, c, a.delay, reuse=rec.warm_up(c))
     ideal = a.attempts * 3 * a.delay / c
     t.note(f"Why a fresh kernel per attempt cannot meet the target on {cores} cores: starting and shutting down one sandboxed "
            f"kernel costs {start_cpu:.2f} CPU-s (the kernel's processes and jupyter_client's; measured just before, 4 kernels one at a time), so "

@@ -417,3 +417,16 @@ def test_cli_bench_run_passes_max_llm_calls_max_depth_and_reuse(tmp_path, capsys
     assert main(['bench', 'run', '--suite', 'niah', '--sizes', '600', '--n', '2', '--methods', 'rlm', '--scripted', '--quiet',
                  '--concurrency', '2', '--out', str(out)]) == 0 # other settings: a new attempt, not the one above
     assert len(read_results(out)) == 6
+
+def test_a_warmed_recycler_serves_a_run_and_stays_open(tmp_path):
+    with KernelRecycler() as rec:
+        assert rec.warm_up(2).live == 2 and rec.started == 2
+        res = run(make_tasks('niah', [600], n=4), ['rlm'], out=tmp_path, concurrency=2, reuse_kernels=rec, progress=False)
+        assert len(res) == 4 and all(a.score == 1.0 for a in res)
+        assert rec.started == 2 and rec.reused == 4 and not rec.closed and rec.live == 2 # no kernel started in the run
+    assert rec.live == 0 and not kernel_processes_alive()
+
+def kernel_processes_alive() -> list:
+    deadline = time.monotonic() + 10
+    while (left := [p for p in kernel_processes() if p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline: time.sleep(0.1)
+    return left

@@ -189,7 +189,7 @@ class KernelRecycler:
         self._idle, self._all, self._lock, self.closed = [], set(), threading.Lock(), False
         # bubblewrap's --die-with-parent follows the *thread* that started the kernel: start them on threads that live on
         self._starter = ThreadPoolExecutor(64, thread_name_prefix='rlm_nb-recycler')
-        self.started = self.reused = 0
+        self.started = self.reused = 0 # kernels started; sessions given an idle (warm or reset) kernel
         self.discarded = {} # why kernels were shut down instead of reused -> how many
         _recyclers.add(self)
 
@@ -215,6 +215,13 @@ class KernelRecycler:
         k.cwd = d
         self.started += 1
         return k
+
+    def warm_up(self, n:int):
+        "Start kernels in parallel until `n` are idle, and wait for them: a run that follows starts none."
+        with self._lock: missing = max(0, n - len(self._idle))
+        for k in [f.result() for f in [self._starter.submit(self._fresh) for _ in range(missing)]]:
+            with self._lock: self._idle.append(k)
+        return self
 
     def take(self) -> KernelREPL:
         "A kernel for one session, in its own empty directory `k.cwd`: a reset one when one is idle, else a new one."
@@ -286,7 +293,7 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
         sub_price=None, # the same for the sub-model
         window:int|None=None, # the root model's window in tokens, for direct and summary
         warm:int=0, # slots of `concurrency` given to warm kernels from a KernelPool
-        reuse_kernels:bool|int=False, # lend RLM attempts kernels from a `KernelRecycler` (True, or sessions per kernel)
+        reuse_kernels=False, # lend RLM attempts reset kernels: True, sessions per kernel, or your own `KernelRecycler` (kept open)
         progress:bool=True, # a tqdm bar (a widget in a notebook)
         **options) -> list: # passed to every method, e.g. max_iterations=10 for rlm
     "Run every method on every task not yet in `out/results.jsonl`; returns all finished attempts of these tasks and methods."
@@ -311,6 +318,7 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
     if warm:
         from rlm_nb.kernel import KernelPool
         pool = KernelPool(warm)
+    elif isinstance(reuse_kernels, KernelRecycler): pool = reuse_kernels
     elif reuse_kernels: pool = KernelRecycler(**({} if reuse_kernels is True else {'max_uses': int(reuse_kernels)}))
     if pool is not None: options = {**options, 'pool': pool}
     bar, running, stopping, told = _bar(len(wanted), progress, len(results)), {}, None, False
@@ -342,6 +350,6 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
                     bar.update(1); postfix()
     finally:
         bar.close()
-        if pool is not None: pool.close()
+        if pool is not None and pool is not reuse_kernels: pool.close()
     if stopping == 'interrupted': raise KeyboardInterrupt # every finished attempt is recorded; the caller still stops
     return list(results.values())
