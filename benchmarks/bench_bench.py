@@ -1,14 +1,17 @@
 """Benchmark of the research bench's runner: many attempts against a slow scripted model over real HTTP.
 
-    python benchmarks/bench_bench.py [--attempts 200] [--concurrency 8] [--delay 0.1]
+    python benchmarks/bench_bench.py [--attempts 200] [--concurrency 8] [--delay 0.1] [--rows direct,cold,warm,reused,reused-warm]
 
-Serves the scripted solver from a ScriptedServer on 127.0.0.1 with a fixed delay per model call, runs `--attempts`
-niah attempts (600 tokens) through `rlm_nb.bench.run`, and prints one markdown table: wall time against the ideal
-(every model call's delay, on the critical path of each attempt, spread over `concurrency` workers; target ≤ 1.25×),
-the peak memory of the host process, and the share of each attempt's time spent outside model calls. Rows:
-`direct` (one call per attempt: the runner alone), and `rlm` (a kernel per attempt: 2 root turns and 1 round of
-batched sub-calls), cold and with warm kernels from a pool. Every kernel is shut down; the run directories are
-temporary.
+Serves the scripted solver from a ScriptedServer on 127.0.0.1, in another process (as a real model is; `--server-in-host`
+puts it in this one), with a fixed delay per model call, runs `--attempts` niah attempts (600 tokens) through
+`rlm_nb.bench.run`, and prints one markdown table: wall time against the ideal (every model call's delay, on the
+critical path of each attempt, spread over `concurrency` workers; target ≤ 1.25×), the CPU each attempt cost (this
+process, and the whole machine), the peak memory of the host process, and the share of each attempt's time spent
+outside model calls. Rows: `direct` (one call per attempt: the runner alone); `rlm` (2 root turns and 1 round of
+batched sub-calls) with a fresh kernel per attempt (the default), with warm kernels from a KernelPool, with kernels
+reset and reused (`reuse_kernels=True`), and reused from a recycler warmed before the clock starts (the steady state of
+a long run). A note computes, from a measured kernel start, why fresh kernels cannot meet the target on this machine.
+Every kernel is shut down; the run directories are temporary.
 """
 from __future__ import annotations
 import argparse, json, os, resource, shutil, statistics, sys, tempfile, time
@@ -53,7 +56,7 @@ def bench_row(table, srv, label, methods, calls_per_attempt, n, concurrency, del
     table.row(label, f'{len(res)} ({ok} correct)', f'{(len(srv.requests) - before) / n:.1f}', f'{wall:.1f} s',
               f'{ideal:.1f} s', f'{wall / ideal:.2f}×', 'yes' if wall / ideal <= 1.25 else '**NO**', f'{outside:.0%}',
               f'{host / n * 1000:,.0f} ms', f'{cpu / n * 1000:,.0f} ms', f'{cpu / cores / ideal:.2f}×', f'{peak_rss() / MB:,.0f} MB')
-    return cpu / n
+    return host / n
 
 def own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -123,7 +126,7 @@ def main():
                 f"scripted model served {'from the host process' if a.server_in_host else 'from another process'}"))
     t = Table(('run', 'attempts', 'HTTP calls / attempt', 'wall', 'ideal', 'ratio', '≤ 1.25×?', 'time outside model calls',
                'host CPU / attempt', 'machine CPU / attempt', 'CPU floor / ideal', 'host peak RSS'))
-    start_cpu = kernel_start_cpu()
+    start_cpu, host = kernel_start_cpu(), {}
     with (ScriptedServer(scripted_server_reply, delay=a.delay) if a.server_in_host else ServerProcess(a.delay)) as srv:
         from rlm_nb.lm import LM
         LM('openai/root', api_base=srv.url).complete('warm up') # litellm's import (about 3 s) is not the runner's
@@ -131,19 +134,25 @@ def main():
         if 'cold' in rows: bench_row(t, srv, f'rlm, concurrency {c}, a fresh kernel per attempt (default)', ['rlm'], 3, a.attempts, c, a.delay)
         w = c // 4
         if 'warm' in rows: bench_row(t, srv, f'rlm, {c - w} sessions + {w} warm kernels', ['rlm'], 3, a.attempts, c, a.delay, warm=w)
-        if 'reused' in rows: bench_row(t, srv, f'rlm, concurrency {c}, reused kernels (reuse_kernels=True)', ['rlm'], 3, a.attempts, c, a.delay, reuse=True)
+        if 'reused' in rows: host['reused'] = bench_row(t, srv, f'rlm, concurrency {c}, reused kernels (reuse_kernels=True)', ['rlm'], 3, a.attempts, c, a.delay, reuse=True)
         if 'reused-warm' in rows: # the steady state of a long run: the kernels were started before the clock starts
             from rlm_nb.bench.runner import KernelRecycler
             with KernelRecycler() as rec:
-                bench_row(t, srv, f'rlm, concurrency {c}, reused kernels started before the run (KernelRecycler().warm_up({c}))',
+                host['reused-warm'] = bench_row(t, srv, f'rlm, concurrency {c}, reused kernels started before the run (KernelRecycler().warm_up({c}))',
                           ['rlm'], 3, a.attempts, c, a.delay, reuse=rec.warm_up(c))
     ideal = a.attempts * 3 * a.delay / c
     t.note(f"Why a fresh kernel per attempt cannot meet the target on {cores} cores: starting and shutting down one sandboxed "
            f"kernel costs {start_cpu:.2f} CPU-s (the kernel's processes and jupyter_client's; measured just before, 4 kernels one at a time), so "
            f"{a.attempts} attempts need at least {a.attempts} × {start_cpu:.2f} / {cores} = {a.attempts * start_cpu / cores:.1f} s "
            f"of wall time for kernel starts alone, {a.attempts * start_cpu / cores / ideal:.1f}× the {ideal:.1f} s ideal, "
-           f"whatever the concurrency or the pool. A reused kernel pays one start per {c} attempts' worth of slots and a "
-           f"reset (a few ms) per attempt.")
+           f"whatever the concurrency or the pool.")
+    for row, h in host.items():
+        t.note(f"{row}: with reused kernels the run starts {c} kernels ({c} × {start_cpu:.2f} / {cores} = {c * start_cpu / cores:.1f} s "
+               f"of the cores{', before the clock' if row == 'reused-warm' else ''}) and each attempt costs a reset of a few ms in its "
+               f"kernel; what remains is the host's own work per attempt (litellm, the event stream, the session's notebook "
+               f"and trace, the results log), {h * 1000:.0f} ms of CPU, in one process whose Python runs on one core at a "
+               f"time (the GIL): {a.attempts} × {h * 1000:.0f} ms = {a.attempts * h:.1f} s, {a.attempts * h / ideal:.2f}× the "
+               f"ideal on that core alone, shared with the kernels, the server and anything else on {cores} cores.")
     print(t.render())
     print(f"\nideal = attempts × calls on each attempt's critical path × {a.delay:g} s / sessions at a time. "
           "'time outside model calls' = 1 − critical-path model time / mean attempt time (kernel start, bridge, "

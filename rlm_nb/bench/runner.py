@@ -213,7 +213,7 @@ class KernelRecycler:
             if not r.ok: raise RuntimeError(f"the recycler could not prepare a kernel:\n{r.text}")
         except BaseException: k.reusable = False; k.shutdown(); raise
         k.cwd = d
-        self.started += 1
+        with self._lock: self.started += 1
         return k
 
     def warm_up(self, n:int):
@@ -229,7 +229,8 @@ class KernelRecycler:
         with self._lock: k = self._idle.pop() if self._idle else None
         if k is not None and not k.is_alive: k.reusable = False; k.shutdown(); return self.take()
         if k is None: k = self._starter.submit(self._fresh).result()
-        else: self.reused += 1
+        else:
+            with self._lock: self.reused += 1
         k.uses, k.taker = k.uses + 1, threading.current_thread()
         return k
 
