@@ -139,7 +139,8 @@ def _kernel_reset(cwd:str) -> str:
     from IPython import get_ipython
     sh = get_ipython(); p = sh._rlm_nb_pristine
     extra = [t for t in threading.enumerate() if t.ident not in p['threads']]
-    for t in extra: t.join(0.2 / len(extra)) # a thread just finishing gets a moment
+    for t in extra: # a thread just finishing gets a moment; one threading did not start can't be joined, only seen
+        if not isinstance(t, threading._DummyThread): t.join(0.2 / len(extra))
     if alive := [t.name for t in extra if t.is_alive()]: return f"threads still running: {', '.join(alive[:3])}"
     if kids := _children(): return f"child processes still running: {kids[:3]}"
     mgr = comm.get_comm_manager()
@@ -319,7 +320,9 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
     if warm:
         from rlm_nb.kernel import KernelPool
         pool = KernelPool(warm)
-    elif isinstance(reuse_kernels, KernelRecycler): pool = reuse_kernels
+    elif isinstance(reuse_kernels, KernelRecycler):
+        if reuse_kernels.live > concurrency: raise ValueError(f"the recycler holds {reuse_kernels.live} kernels, more than concurrency ({concurrency})")
+        pool = reuse_kernels
     elif reuse_kernels: pool = KernelRecycler(**({} if reuse_kernels is True else {'max_uses': int(reuse_kernels)}))
     if pool is not None: options = {**options, 'pool': pool}
     bar, running, stopping, told = _bar(len(wanted), progress, len(results)), {}, None, False
