@@ -294,10 +294,13 @@ def add_bench_parser(sub):
     r.add_argument('--out', '-o', type=Path, default=Path('runs/bench'), help='the run directory (default runs/bench)')
     r.add_argument('--concurrency', type=int, default=4, help='attempts and kernels at a time (default 4)')
     r.add_argument('--warm', type=int, default=0, help='of those, slots kept as warm kernels (default 0)')
+    r.add_argument('--reuse-kernels', action='store_true', help='reset and reuse kernels between RLM attempts instead of a fresh one each (faster; see the bench runner chapter for what a reset keeps)')
     r.add_argument('--max-cost', type=float, help='USD for the whole run: no attempt starts past it')
     r.add_argument('--window', type=int, help="the root model's window in tokens, for direct and summary")
     r.add_argument('--max-iterations', type=int, help='root turns per RLM session')
     r.add_argument('--timeout', type=float, help='wall seconds per RLM session')
+    r.add_argument('--max-llm-calls', type=int, help='sub-calls per RLM session (0: none)')
+    r.add_argument('--max-depth', type=int, help='how deep rlm_query may nest in an RLM session (default 1)')
     r.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     rp = bs.add_parser('report', help='print the table of a run as markdown')
     rp.add_argument('out', type=Path, help='the run directory')
@@ -328,10 +331,11 @@ def cmd_bench(a) -> int:
         if a.tasks: tasks = load_tasks(a.tasks)
         else: tasks = [t for s in a.suite.split(',') for t in make_tasks(s.strip(), a.sizes.split(','), a.n, a.seed)]
     except (ValueError, OSError) as e: _die(str(e))
-    opts = {k: v for k, v in (('max_iterations', a.max_iterations), ('timeout', a.timeout)) if v is not None}
+    opts = {k: getattr(a, k) for k in ('max_iterations', 'timeout', 'max_llm_calls', 'max_depth') if getattr(a, k) is not None}
     try:
         run(tasks, [m.strip() for m in a.methods.split(',')], model='scripted' if a.scripted else a.model,
-            sub_model=None if a.scripted else a.sub_model, out=a.out, concurrency=a.concurrency, warm=a.warm, max_cost=a.max_cost,
+            sub_model=None if a.scripted else a.sub_model, out=a.out, concurrency=a.concurrency, warm=a.warm,
+            reuse_kernels=a.reuse_kernels, max_cost=a.max_cost,
             api_base=a.api_base, price=a.price, sub_price=a.sub_price, window=a.window, progress=not a.quiet, **opts)
     except (ValueError, ModelError) as e: _die(str(e))
     if a.scripted: print('(scripted solver: these numbers check the machinery, not any model)')

@@ -273,3 +273,160 @@ def test_cli_bench_run_then_report_with_plots(tmp_path, capsys):
     assert (out/'plots'/'scaling.svg').exists() and len(list((out/'sessions').glob('*.ipynb'))) == 2
     with pytest.raises(SystemExit): main(['bench', 'run', '--suite', 'nope', '--scripted', '--out', str(out)])
     assert 'unknown suite' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reused kernels (opt-in): reset between sessions, discarded when they can't be, the bound kept
+
+from rlm_nb.bench.runner import KernelRecycler, settings_of
+from rlm_nb.kernel import cap_output_code
+from rlm_nb.bridge import install_code
+from rlm_nb.lm import ScriptedLM
+
+SETUP = cap_output_code() + '\n' + install_code({'inputs': [], 'tools': []}) # what a session runs in its kernel first
+PROBE = '''import os, sys, json, threading, builtins, comm
+from concurrent.futures import ThreadPoolExecutor
+sh = get_ipython()
+print(json.dumps({'hooks': {k: len(v) for k, v in sh.events.callbacks.items()}, 'comms': len(comm.get_comm_manager().comms),
+    'leaks': ['leak' in sh.user_ns, os.environ.get('RLM_LEAK'), '/leak' in sys.path, hasattr(builtins, 'leak')],
+    'cwd': os.getcwd(), 'files': sorted(os.listdir()), 'count': sh.execution_count,
+    'write': 'write' in vars(sys.stdout), 'init': threading.Thread.__init__.__qualname__,
+    'submit': ThreadPoolExecutor.submit.__qualname__}))'''
+LEAK = '''leak = 1
+import os, sys, builtins
+os.environ['RLM_LEAK'] = '1'; sys.path.append('/leak'); builtins.leak = 1
+open('left.txt', 'w').write('x')
+get_ipython().events.register('post_run_cell', lambda *a: None)'''
+
+def in_thread(fn):
+    "Run fn in a thread (as the runner runs attempts) and return its result."
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn())); t.start(); t.join()
+    return out[0]
+
+def probe(k) -> dict:
+    r = k.execute(PROBE)
+    assert r.ok, r.text
+    return json.loads(r.text)
+
+def test_a_recycled_kernel_comes_back_reset_with_the_bridge_installed_once():
+    with KernelRecycler() as rec:
+        def two_sessions():
+            k = rec.take(); k.prepare(SETUP)
+            first, before = k.cwd, probe(k)
+            assert k.execute(LEAK).ok and probe(k)['leaks'] == [True, '1', True, True]
+            k.execute('x = 1'); k.shutdown() # the session's end: back to the recycler
+            assert k.is_alive and not os.path.exists(first)
+            k2 = rec.take(); k2.prepare(SETUP)
+            after = probe(k2)
+            k2.shutdown()
+            return k2 is k, first, before, after
+        same, first, before, after = in_thread(two_sessions)
+    assert same and rec.started == 1 and rec.reused == 1 and rec.live == 0
+    assert after['leaks'] == [False, None, False, False]
+    assert after['cwd'] != first and after['files'] == [] # a new empty directory
+    # the bridge and the output cap are installed once, not stacked on the last session's
+    for k in ('hooks', 'comms', 'write', 'init', 'submit', 'count'): assert after[k] == before[k], k
+    assert before['count'] == 1
+
+def test_a_kernel_with_a_thread_still_running_is_shut_down_not_reused():
+    with KernelRecycler() as rec:
+        def session():
+            k = rec.take(); k.prepare(SETUP)
+            assert k.execute("import threading, time; threading.Thread(target=time.sleep, args=(30,), daemon=True).start()").ok
+            k.shutdown()
+            return k
+        k = in_thread(session)
+    assert not k.is_alive and rec.reused == 0 and rec.discarded == {'threads still running': 1} and rec.live == 0
+
+def test_run_with_reused_kernels_keeps_the_bound_and_starts_fewer_kernels(tmp_path):
+    seen, pids, stop = [], set(), threading.Event()
+    def watch():
+        while not stop.is_set():
+            seen.append(live_kernels())
+            pids.update(p.pid for p in kernel_processes() if 'ipykernel' in ' '.join(p.cmdline()[:3]))
+            time.sleep(0.02)
+    w = threading.Thread(target=watch); w.start()
+    try: res = run(make_tasks('niah', [600], n=6), ['rlm'], model=scripted_model(delay=0.1), out=tmp_path,
+                   concurrency=2, reuse_kernels=True, progress=False)
+    finally: stop.set(); w.join()
+    assert len(res) == 6 and all(a.score == 1.0 for a in res)
+    assert not any(a > 2 and b > 2 for a, b in zip(seen, seen[1:])), seen
+    assert 1 <= len(pids) <= 2, pids # two kernels served six sessions
+    for nb in (tmp_path/'sessions').glob('*.ipynb'): # every session's cells count from 1, as in a fresh kernel
+        counts = [c['execution_count'] for c in json.loads(nb.read_text())['cells'] if c.get('execution_count')]
+        assert counts == [1, 2], nb.name
+    with pytest.raises(ValueError, match='choose one'): run(make_tasks('niah', [600], n=1), ['rlm'], out=tmp_path/'x', warm=1, reuse_kernels=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys: the sub-model and the options a method reads are part of what makes an attempt
+
+def echo_sub(task, model, sub_model, max_depth=1, **_):
+    "A method that reads the sub-model and max_depth: its answer says which it got."
+    from rlm_nb.lm import model_name
+    return Attempt(task.id, answer=f'{model_name(sub_model)} {max_depth}', stop_reason='answered')
+
+def ignores_sub(task, model, **_): return Attempt(task.id, answer='x', stop_reason='answered')
+
+def test_runs_that_differ_by_sub_model_or_option_do_not_collide(tmp_path):
+    tasks = make_tasks('niah', [600], n=2)
+    kw = dict(out=tmp_path, model=scripted_model(), progress=False)
+    sub = lambda name: ScriptedLM(lambda m: 'x', model=name)
+    a = run(tasks, [echo_sub, ignores_sub], sub_model=sub('sub-a'), **kw)
+    b = run(tasks, [echo_sub, ignores_sub], sub_model=sub('sub-b'), **kw)
+    c = run(tasks, [echo_sub], sub_model=sub('sub-b'), max_depth=2, **kw)
+    assert {x.answer for x in a if x.method == 'echo_sub'} == {'sub-a 1'} and {x.answer for x in b if x.method == 'echo_sub'} == {'sub-b 1'}
+    assert {x.answer for x in c} == {'sub-b 2'} and c[0].settings == {'sub_model': 'sub-b', 'max_depth': 2}
+    lines = read_results(tmp_path)
+    # ignores_sub names no sub_model: its key has none, so the second run found it done
+    assert len(lines) == 2 * 3 + 2 and sum(x.method == 'ignores_sub' for x in lines) == 2
+    assert len(run(tasks, [echo_sub], sub_model=sub('sub-a'), **kw)) == 2 and len(read_results(tmp_path)) == 8 # resumed, not redone
+    from rlm_nb.bench.analysis import report
+    t = report(tmp_path)
+    assert len(t) == 4 and set(t.n) == {2} and set(t.settings) == {'', 'sub_model=sub-a', 'sub_model=sub-b', 'sub_model=sub-b, max_depth=2'}
+    from rlm_nb.bench.methods import rlm
+    m = scripted_model()
+    assert settings_of(rlm, m, m, {'pool': object(), 'timeout': 5}) == {'timeout': 5} # **options: it reads them all
+    assert settings_of(echo_sub, m, m, {'timeout': 5, 'max_depth': 2}) == {'max_depth': 2} # **_: only what it names
+
+def test_results_written_before_settings_existed_keep_their_old_key(tmp_path):
+    tasks = make_tasks('niah', [600], n=2)
+    run(tasks, [ignores_sub, echo_sub], out=tmp_path, model=scripted_model(), sub_model=ScriptedLM(lambda m: 'x', model='sub-a'), progress=False)
+    path = tmp_path/'results.jsonl'
+    old = [{k: v for k, v in json.loads(l).items() if k != 'settings'} for l in path.read_text().splitlines()]
+    path.write_text(''.join(json.dumps(d) + '\n' for d in old)) # as the bench wrote them before
+    again = run(tasks, [ignores_sub, echo_sub], out=tmp_path, model=scripted_model(), sub_model=ScriptedLM(lambda m: 'x', model='sub-a'), progress=False)
+    assert len(again) == 4 and len(path.read_text().splitlines()) == 4 # the sub-model they recorded is their key
+    assert all(a.settings is None for a in again)
+    other = run(tasks, [ignores_sub, echo_sub], out=tmp_path, model=scripted_model(), sub_model=ScriptedLM(lambda m: 'x', model='sub-b'), progress=False)
+    assert len(path.read_text().splitlines()) == 6 # echo_sub reads the sub-model, and theirs was another: run again
+    assert {a.answer for a in other if a.method == 'echo_sub'} == {'sub-b 1'} and all(a.settings is None for a in other if a.method == 'ignores_sub')
+
+
+def test_cli_bench_run_passes_max_llm_calls_max_depth_and_reuse(tmp_path, capsys):
+    from rlm_nb.cli import main
+    out = tmp_path/'cli'
+    assert main(['bench', 'run', '--suite', 'niah', '--sizes', '600', '--n', '2', '--methods', 'rlm,direct', '--scripted', '--quiet',
+                 '--concurrency', '2', '--max-llm-calls', '0', '--max-depth', '2', '--reuse-kernels', '--out', str(out)]) == 0
+    res = {a.method: a for a in read_results(out)}
+    assert len(read_results(out)) == 4
+    assert res['rlm'].settings == {'max_depth': 2, 'max_llm_calls': 0} and res['direct'].settings == {}
+    assert all(a.tokens_sub == 0 and a.metadata['sub_calls'] == 0 for a in read_results(out) if a.method == 'rlm') # refused
+    capsys.readouterr()
+    assert main(['bench', 'run', '--suite', 'niah', '--sizes', '600', '--n', '2', '--methods', 'rlm', '--scripted', '--quiet',
+                 '--concurrency', '2', '--out', str(out)]) == 0 # other settings: a new attempt, not the one above
+    assert len(read_results(out)) == 6
+
+def test_a_warmed_recycler_serves_a_run_and_stays_open(tmp_path):
+    with KernelRecycler() as rec:
+        assert rec.warm_up(2).live == 2 and rec.started == 2
+        res = run(make_tasks('niah', [600], n=4), ['rlm'], out=tmp_path, concurrency=2, reuse_kernels=rec, progress=False)
+        assert len(res) == 4 and all(a.score == 1.0 for a in res)
+        assert rec.started == 2 and rec.reused == 4 and not rec.closed and rec.live == 2 # no kernel started in the run
+    assert rec.live == 0 and not kernel_processes_alive()
+
+def kernel_processes_alive() -> list:
+    deadline = time.monotonic() + 10
+    while (left := [p for p in kernel_processes() if p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline: time.sleep(0.1)
+    return left

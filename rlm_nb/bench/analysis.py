@@ -11,7 +11,7 @@ import pandas as pd
 from .runner import read_results
 
 # %% auto 0
-__all__ = ['attempts_frame', 'report', 'markdown_table', 'plot_scaling', 'plot_cost']
+__all__ = ['attempts_frame', 'settings_label', 'report', 'markdown_table', 'plot_scaling', 'plot_cost']
 
 # %% ../../nbs/15_bench_analysis.ipynb
 def attempts_frame(out) -> pd.DataFrame:
@@ -19,17 +19,23 @@ def attempts_frame(out) -> pd.DataFrame:
     rows = out if isinstance(out, list) else read_results(out)
     df = pd.DataFrame([a.to_dict() for a in rows])
     if df.empty: raise ValueError(f"no finished attempts in {out}: run the bench first")
-    return df.drop(columns=['metadata'])
+    return df.drop(columns=['metadata']).assign(settings=[settings_label(a.settings) for a in rows])
+
+def settings_label(settings:dict|None) -> str:
+    "Settings as the report shows them: `sub_model=x, max_depth=2`; '' for none (or none recorded)."
+    return ', '.join(f'{k}={v}' for k, v in (settings or {}).items())
 
 def _ci(s:pd.Series) -> float:
     return 1.96 * s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1 else float('nan')
 
 def _reasons(s:pd.Series) -> str: return ', '.join(f'{k}×{v}' for k, v in Counter(s).most_common())
 
+_KEYS = ['suite', 'size', 'method', 'model']
+
 def report(out) -> pd.DataFrame:
-    "Mean score with a 95% CI, tokens, cost, time and stop reasons per suite, size, method and model."
+    "Mean score with a 95% CI, tokens, cost, time and stop reasons per suite, size, method, model (and settings)."
     df = attempts_frame(out)
-    g = df.groupby(['suite', 'size', 'method', 'model'])
+    g = df.groupby(_KEYS + (['settings'] if df.settings.ne('').any() else [])) # a column only when some run has settings
     r = g.agg(n=('score', 'size'), score=('score', 'mean'), ci=('score', _ci), tokens_root=('tokens_root', 'mean'),
               tokens_sub=('tokens_sub', 'mean'), cost=('cost', lambda c: float('nan') if c.isna().any() else c.mean()),
               time=('time', 'mean'), stop_reasons=('stop_reason', _reasons))
@@ -59,15 +65,21 @@ def _save(fig, out, name:str):
     for ext in ('png', 'svg'): fig.savefig(d/f'{name}.{ext}', dpi=120)
     return fig
 
+def _lines(t:pd.DataFrame):
+    "(label, rows) per method, model and settings: one line or marker each."
+    by = ['method', 'model'] + (['settings'] if 'settings' in t else [])
+    for k, d in t.groupby(by):
+        yield f"{k[0]} ({', '.join(x for x in k[1:] if x)})", d
+
 def plot_scaling(out, table:pd.DataFrame|None=None):
     "Score against context size (tokens) per method, one panel per suite; saved as out/plots/scaling.png and .svg."
     t = report(out) if table is None else table
     suites = sorted(t.suite.unique())
     fig, axes = _figure(len(suites))
     for ax, suite in zip(axes, suites):
-        for (method, model), d in t[t.suite == suite].groupby(['method', 'model']):
+        for name, d in _lines(t[t.suite == suite]):
             d = d.sort_values('size')
-            ax.errorbar(d['size'], d.score, yerr=d.ci.fillna(0), marker='o', capsize=3, label=f'{method} ({model})')
+            ax.errorbar(d['size'], d.score, yerr=d.ci.fillna(0), marker='o', capsize=3, label=name)
         sizes = sorted(t[t.suite == suite]['size'].unique())
         ax.set(xscale='log', ylim=(-0.05, 1.05), xlabel='context size (tokens)', ylabel='score', title=suite)
         ax.set_xticks(sizes, [f'{s / 1000:g}k' if s >= 1000 else str(s) for s in sizes]); ax.minorticks_off()
@@ -82,8 +94,7 @@ def plot_cost(out, table:pd.DataFrame|None=None):
     priced = t.cost.notna().all() and (t.cost > 0).any()
     x, label = ('cost', 'mean cost per attempt (USD)') if priced else ('tokens', 'mean tokens per attempt (no priced calls)')
     fig, (ax,) = _figure(1)
-    for (method, model), d in t.groupby(['method', 'model']):
-        ax.scatter(d[x], d.score, label=f'{method} ({model})', alpha=0.8)
+    for name, d in _lines(t): ax.scatter(d[x], d.score, label=name, alpha=0.8)
     ax.set(xscale='log', ylim=(-0.05, 1.05), xlabel=label, ylabel='score', title='score against cost')
     from matplotlib.ticker import NullFormatter
     ax.xaxis.set_minor_formatter(NullFormatter())

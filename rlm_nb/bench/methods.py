@@ -4,7 +4,7 @@
 
 # %% ../../nbs/13_bench_methods.ipynb 3
 from __future__ import annotations
-import re, time
+import json, re, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from ..lm import ScriptedLM, complete_by, model_name
@@ -38,12 +38,15 @@ class Attempt:
     session: str|None = None # the session notebook of an RLM attempt
     error: str|None = None
     metadata: dict = field(default_factory=dict)
+    settings: dict|None = field(default_factory=dict) # what else changes what the method does: the sub-model, options it reads; None: not recorded (older runs)
 
     @property
-    def key(self) -> tuple: return (self.task_id, self.method, self.model)
+    def key(self) -> tuple:
+        "What makes two attempts the same: a run skips an attempt whose key is in its results."
+        return (self.task_id, self.method, self.model, None if self.settings is None else json.dumps(self.settings, sort_keys=True, default=str))
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
-    def from_dict(cls, d): return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def from_dict(cls, d): return cls(**{'settings': None, **{k: d[k] for k in cls.__dataclass_fields__ if k in d}})
 
 def spent(a:Attempt, root:Usage, sub:Usage=None) -> Attempt:
     "Record the usage of the root and sub calls on `a`."

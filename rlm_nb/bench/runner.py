@@ -4,15 +4,16 @@
 
 # %% ../../nbs/14_bench_runner.ipynb 3
 from __future__ import annotations
-import json, os, re, sys, threading, time, traceback
+import atexit, inspect, json, os, re, shutil, sys, tempfile, threading, time, traceback, weakref, zlib
 from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
 from pathlib import Path
 from ..lm import as_lm, model_name
+from ..kernel import KernelREPL, hand_over
 from .tasks import Task, score, save_tasks, load_tasks
 from .methods import Attempt, METHODS, scripted_model
 
 # %% auto 0
-__all__ = ['ResultLog', 'read_results', 'as_model', 'as_methods', 'attempt', 'run']
+__all__ = ['ResultLog', 'read_results', 'as_model', 'as_methods', 'reads', 'settings_of', 'attempt', 'KernelRecycler', 'run']
 
 # %% ../../nbs/14_bench_runner.ipynb
 class ResultLog:
@@ -69,19 +70,213 @@ def _save_tasks(tasks:list, path:Path):
     os.replace(tmp, path)
 
 # %% ../../nbs/14_bench_runner.ipynb
+_HOW = ('pool', 'session_path') # how an attempt runs, not what it does: never in its key
+
+def reads(fn, name:str) -> bool:
+    "Whether method `fn` reads the argument `name`: it names it, or takes `**options` (`**_` means: ignores the rest)."
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD and p.name != '_' for p in params.values())
+
+def settings_of(fn, root, sub, options:dict) -> dict:
+    "What besides the task and the root model changes what method `fn` does: the sub-model and the options it reads."
+    s = {k: options[k] for k in sorted(options) if k not in _HOW and reads(fn, k)}
+    if model_name(sub) != model_name(root) and reads(fn, 'sub_model'): s = {'sub_model': model_name(sub), **s}
+    return json.loads(json.dumps(s, default=str)) # as it reads back from results.jsonl
+
+def _old_key(a:Attempt, keys:dict, methods:dict) -> tuple|None:
+    "The key an attempt written before settings were recorded has in this run: its old one (task, method, root model), and its sub-model if the method reads one."
+    k = keys.get((a.task_id, a.method))
+    if k is None or a.model != k[2]: return None
+    sub = a.metadata.get('sub_model')
+    if reads(methods[a.method], 'sub_model') and (None if sub == a.model else sub) != json.loads(k[3]).get('sub_model'): return None
+    return k
+
+def _session_name(task:Task, name:str, model:str, settings:dict) -> str:
+    "The file name of an attempt's session: settings, when there are any, as a short checksum."
+    tag = f"__{zlib.crc32(json.dumps(settings, sort_keys=True).encode()):08x}" if settings else ''
+    return _slug(f'{task.id}__{name}__{model}') + tag
+
 def attempt(task:Task, name:str, fn, root, sub, out:Path, options:dict) -> Attempt:
     "Run one method on one task and score it; a method that raises gives an attempt with stop_reason 'error'."
-    start, model = time.monotonic(), model_name(root)
+    start, model, settings = time.monotonic(), model_name(root), settings_of(fn, root, sub, options)
     try:
-        a = fn(task, model=root, sub_model=sub, session_path=out/'sessions'/_slug(f'{task.id}__{name}__{model}'), **options)
+        a = fn(task, model=root, sub_model=sub, session_path=out/'sessions'/_session_name(task, name, model, settings), **options)
         if not isinstance(a, Attempt): raise TypeError(f"the method {name!r} returned {type(a).__name__}, not an Attempt")
     except Exception as e:
         a = Attempt(task.id, stop_reason='error', error=f'{type(e).__name__}: {e}'[:2000], time=time.monotonic() - start)
-    a.task_id, a.method, a.model, a.suite, a.size = task.id, name, model, task.suite, task.size
+    a.task_id, a.method, a.model, a.suite, a.size, a.settings = task.id, name, model, task.suite, task.size, settings
     a.metadata = {**a.metadata, 'sub_model': model_name(sub)} if sub is not root else a.metadata
     a.time = a.time or time.monotonic() - start
     a.score = None if a.stop_reason == 'error' else score(task, a.answer)
     return a
+
+# %% ../../nbs/14_bench_runner.ipynb
+def _pristine():
+    "In a kernel the recycler started: remember what a session may change, to put it back between sessions."
+    import builtins, warnings, comm
+    from concurrent.futures import ThreadPoolExecutor
+    from IPython import get_ipython
+    sh = get_ipython()
+    sh._rlm_nb_pristine = dict(
+        events={k: list(v) for k, v in sh.events.callbacks.items()}, builtins=dict(vars(builtins)),
+        patched=[(threading.Thread, '__init__', threading.Thread.__init__), (ThreadPoolExecutor, 'submit', ThreadPoolExecutor.submit)],
+        streams=[(s, set(vars(s))) for s in (sys.stdout, sys.stderr)], path=list(sys.path), environ=dict(os.environ),
+        warnings=list(warnings.filters), comms=set(comm.get_comm_manager().comms), threads={t.ident for t in threading.enumerate()},
+        hooks=(sys.displayhook, sys.excepthook), recursion=sys.getrecursionlimit())
+
+def _children() -> list:
+    "Live child processes of this one."
+    me, out = str(os.getpid()), []
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[:2][1] == me: out.append(int(p))
+        except (OSError, IndexError): pass
+    return out
+
+def _kernel_reset(cwd:str) -> str:
+    "In a used kernel: put back what `_pristine` saw and move to `cwd`; returns why it can't be reused ('' if it can)."
+    import builtins, warnings, comm
+    from IPython import get_ipython
+    sh = get_ipython(); p = sh._rlm_nb_pristine
+    extra = [t for t in threading.enumerate() if t.ident not in p['threads']]
+    for t in extra: # a thread just finishing gets a moment; one threading did not start can't be joined, only seen
+        if not isinstance(t, threading._DummyThread): t.join(0.2 / len(extra))
+    if alive := [t.name for t in extra if t.is_alive()]: return f"threads still running: {', '.join(alive[:3])}"
+    if kids := _children(): return f"child processes still running: {kids[:3]}"
+    mgr = comm.get_comm_manager()
+    for cid in set(mgr.comms) - p['comms']: mgr.comms[cid].close()
+    for name, fns in p['events'].items(): sh.events.callbacks[name][:] = fns
+    b = vars(builtins)
+    for k in set(b) - set(p['builtins']): del b[k]
+    b.update(p['builtins'])
+    for owner, attr, fn in p['patched']: setattr(owner, attr, fn)
+    for s, attrs in p['streams']: # only what was added (cap_output's `write`): the rest is the stream's live state
+        for k in set(vars(s)) - attrs: delattr(s, k)
+    sys.path[:], sys.displayhook, sys.excepthook = p['path'], *p['hooks']
+    os.environ.clear(); os.environ.update(p['environ'])
+    warnings.filters[:] = p['warnings']; getattr(warnings, '_filters_mutated', lambda: None)()
+    sys.setrecursionlimit(p['recursion'])
+    if 'matplotlib.pyplot' in sys.modules: sys.modules['matplotlib.pyplot'].close('all')
+    sh.reset(new_session=True) # the namespace, In/Out, and the execution count back to 1
+    os.chdir(cwd) # no gc.collect(): a full collection here costs more (about 45 ms) than the rest of the reset
+    return ''
+
+# %% ../../nbs/14_bench_runner.ipynb
+class _LentKernel(KernelREPL):
+    "A kernel a `KernelRecycler` lends to one session at a time; the session's `shutdown()` gives it back."
+    def __init__(self, recycler, **kw):
+        self.home = tempfile.mkdtemp(prefix='rlm_nb-reuse-') # the kernel's own; each session gets a directory in it
+        super().__init__(cwd=self.home, **kw)
+        self.recycler, self.uses, self.reusable, self.taker = recycler, 0, True, None
+
+    def restart(self, now:bool=False):
+        self.reusable = False # its sockets now live in the session's directory, which the session removes
+        return super().restart(now)
+
+    def shutdown(self, now:bool=False):
+        if not getattr(self, '_restarting', False):
+            if not now and self.recycler._give_back(self): return
+            self.recycler._forget(self)
+        super().shutdown(now)
+        if not getattr(self, '_restarting', False): shutil.rmtree(self.home, ignore_errors=True)
+
+class KernelRecycler:
+    "Lends kernels to sessions and takes them back, reset, for up to `max_uses` sessions each. Pass as `RLM(pool=...)`."
+    def __init__(self, max_uses:int=100, # sessions per kernel before it is replaced by a fresh one
+                 reset_timeout:float=10, # seconds the reset may take
+                 **kernel_options): # passed to every KernelREPL (sandbox, limits, mounts, env...); not cwd
+        if 'cwd' in kernel_options: raise ValueError("the recycler gives each session its own directory; cwd is not an option")
+        self.max_uses, self.reset_timeout, self.kernel_options = max_uses, reset_timeout, kernel_options
+        self._idle, self._all, self._lock, self.closed = [], set(), threading.Lock(), False
+        # bubblewrap's --die-with-parent follows the *thread* that started the kernel: start them on threads that live on
+        self._starter = ThreadPoolExecutor(64, thread_name_prefix='rlm_nb-recycler')
+        self.started = self.reused = 0 # kernels started; sessions given an idle (warm or reset) kernel
+        self.discarded = {} # why kernels were shut down instead of reused -> how many
+        _recyclers.add(self)
+
+    def __repr__(self): return f"KernelRecycler(started={self.started}, reused={self.reused}, idle={len(self._idle)}, discarded={self.discarded})"
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+    def _session_dir(self, k:_LentKernel) -> str:
+        d = os.path.join(k.home, f'session-{k.uses + 1}'); os.mkdir(d, 0o700)
+        if k._uid is not None: hand_over(d, k._uid) # the kernel's own uid must be able to enter it
+        return d
+
+    def _fresh(self) -> _LentKernel:
+        k = _LentKernel(self, **self.kernel_options)
+        with self._lock: self._all.add(k)
+        k.start()
+        try:
+            d = self._session_dir(k)
+            r = k.execute(f"from rlm_nb.bench.runner import _pristine as _p\n_p(); del _p\n__import__('os').chdir({d!r})",
+                          silent=True, timeout=k.startup_timeout)
+            if not r.ok: raise RuntimeError(f"the recycler could not prepare a kernel:\n{r.text}")
+        except BaseException: k.reusable = False; k.shutdown(); raise
+        k.cwd = d
+        with self._lock: self.started += 1
+        return k
+
+    def warm_up(self, n:int):
+        "Start kernels in parallel until `n` are idle, and wait for them: a run that follows starts none."
+        with self._lock: missing = max(0, n - len(self._idle))
+        for k in [f.result() for f in [self._starter.submit(self._fresh) for _ in range(missing)]]:
+            with self._lock: self._idle.append(k)
+        return self
+
+    def take(self) -> KernelREPL:
+        "A kernel for one session, in its own empty directory `k.cwd`: a reset one when one is idle, else a new one."
+        if self.closed: raise RuntimeError("the kernel recycler is closed")
+        with self._lock: k = self._idle.pop() if self._idle else None
+        if k is not None and not k.is_alive: k.reusable = False; k.shutdown(); return self.take()
+        if k is None: k = self._starter.submit(self._fresh).result()
+        else:
+            with self._lock: self.reused += 1
+        k.uses, k.taker = k.uses + 1, threading.current_thread()
+        return k
+
+    def _discard(self, why:str) -> bool:
+        with self._lock: self.discarded[why] = self.discarded.get(why, 0) + 1
+        return False
+
+    def _give_back(self, k:_LentKernel) -> bool:
+        "At a session's end (its shutdown): reset `k` and keep it for the next session, or say why not."
+        if k.taker is not threading.current_thread(): return False # idle, or shut down from elsewhere (exit, SIGTERM)
+        k.taker = None
+        if self.closed: return False
+        if not k.reusable or not k.is_alive: return self._discard('restarted or died')
+        if k.uses >= self.max_uses: return self._discard('max_uses reached')
+        d = self._session_dir(k)
+        r = k.execute(f"from rlm_nb.bench.runner import _kernel_reset as _r\nprint(_r({d!r}), end='')", silent=True, timeout=self.reset_timeout)
+        why = r.text.strip() if r.ok else f'the reset failed ({r.status})'
+        if why: return self._discard(why.split(':')[0])
+        shutil.rmtree(k.cwd, ignore_errors=True) # the last session's files (its RLM removes them too)
+        k.cwd, k.on_request, k.on_comm, k.startup_code = d, None, None, None
+        with self._lock:
+            if self.closed: return False
+            self._idle.append(k)
+        return True
+
+    def _forget(self, k):
+        with self._lock:
+            self._all.discard(k)
+            if k in self._idle: self._idle.remove(k)
+            last = self.closed and not self._all
+        if last: self._starter.shutdown(wait=False) # its threads may end now: no kernel of theirs is left
+
+    @property
+    def live(self) -> int: return len(self._all) # kernels started and not yet shut down, idle or lent
+
+    def close(self):
+        "Shut down every idle kernel; lent ones shut down when their sessions end. Safe to call twice."
+        with self._lock: self.closed, idle, self._idle = True, self._idle, []
+        for k in idle: k.shutdown()
+        with self._lock: last = not self._all
+        if last: self._starter.shutdown(wait=False)
+        _recyclers.discard(self)
+
+_recyclers = weakref.WeakSet()
+atexit.register(lambda: [r.close() for r in list(_recyclers)])
 
 # %% ../../nbs/14_bench_runner.ipynb
 def _bar(total:int, progress:bool, done:int):
@@ -100,26 +295,36 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
         sub_price=None, # the same for the sub-model
         window:int|None=None, # the root model's window in tokens, for direct and summary
         warm:int=0, # slots of `concurrency` given to warm kernels from a KernelPool
+        reuse_kernels=False, # lend RLM attempts reset kernels: True, sessions per kernel, or your own `KernelRecycler` (kept open)
         progress:bool=True, # a tqdm bar (a widget in a notebook)
         **options) -> list: # passed to every method, e.g. max_iterations=10 for rlm
     "Run every method on every task not yet in `out/results.jsonl`; returns all finished attempts of these tasks and methods."
     if not 0 <= warm < concurrency: raise ValueError(f"warm must be from 0 to concurrency - 1 ({concurrency - 1}), not {warm}")
+    if warm and reuse_kernels: raise ValueError("warm and reuse_kernels are two ways to get kernels: choose one")
     out, methods = Path(out).expanduser(), as_methods(methods)
     root = as_model(model, api_base, price)
     sub = root if sub_model is None else as_model(sub_model, api_base, sub_price if sub_price is not None else price)
     log, errors = ResultLog(out/'results.jsonl'), ResultLog(out/'errors.jsonl')
     _save_tasks(tasks, out/'tasks.jsonl')
-    name = model_name(root)
-    wanted = {(t.id, m, name) for t in tasks for m in methods}
-    results = {a.key: a for a in log.read() if a.key in wanted}
-    cost = sum(a.cost or 0 for a in log.read())
-    todo = [(t, m) for t in tasks for m in methods if (t.id, m, name) not in results]
     if window is not None: options = {**options, 'window': window}
+    name = model_name(root)
+    keys = {(t.id, m): Attempt(t.id, m, name, settings=settings_of(methods[m], root, sub, options)).key for t in tasks for m in methods}
+    wanted = set(keys.values())
+    results = {}
+    for a in log.read():
+        k = _old_key(a, keys, methods) if a.settings is None else a.key
+        if k in wanted: results[k] = a
+    cost = sum(a.cost or 0 for a in log.read())
+    todo = [(t, m) for t in tasks for m in methods if keys[t.id, m] not in results]
     pool = None
     if warm:
         from rlm_nb.kernel import KernelPool
         pool = KernelPool(warm)
-        options = {**options, 'pool': pool}
+    elif isinstance(reuse_kernels, KernelRecycler):
+        if reuse_kernels.live > concurrency: raise ValueError(f"the recycler holds {reuse_kernels.live} kernels, more than concurrency ({concurrency})")
+        pool = reuse_kernels
+    elif reuse_kernels: pool = KernelRecycler(**({} if reuse_kernels is True else {'max_uses': int(reuse_kernels)}))
+    if pool is not None: options = {**options, 'pool': pool}
     bar, running, stopping, told = _bar(len(wanted), progress, len(results)), {}, None, False
     def postfix():
         done = [a.score for a in results.values() if a.score is not None]
@@ -149,6 +354,6 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
                     bar.update(1); postfix()
     finally:
         bar.close()
-        if pool is not None: pool.close()
+        if pool is not None and pool is not reuse_kernels: pool.close()
     if stopping == 'interrupted': raise KeyboardInterrupt # every finished attempt is recorded; the caller still stops
     return list(results.values())
