@@ -301,6 +301,8 @@ def add_bench_parser(sub):
     r.add_argument('--timeout', type=float, help='wall seconds per RLM session')
     r.add_argument('--max-llm-calls', type=int, help='sub-calls per RLM session (0: none)')
     r.add_argument('--max-depth', type=int, help='how deep rlm_query may nest in an RLM session (default 1)')
+    r.add_argument('--kernel-url', default=os.environ.get('RLM_NB_KERNEL_URL'), metavar='URL',
+                   help="run the RLM sessions' kernels on this Jupyter server (token: $RLM_NB_KERNEL_TOKEN); at most --concurrency at a time")
     r.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     rp = bs.add_parser('report', help='print the table of a run as markdown')
     rp.add_argument('out', type=Path, help='the run directory')
@@ -332,6 +334,7 @@ def cmd_bench(a) -> int:
         else: tasks = [t for s in a.suite.split(',') for t in make_tasks(s.strip(), a.sizes.split(','), a.n, a.seed)]
     except (ValueError, OSError) as e: _die(str(e))
     opts = {k: getattr(a, k) for k in ('max_iterations', 'timeout', 'max_llm_calls', 'max_depth') if getattr(a, k) is not None}
+    if a.kernel_url: opts['kernel'] = a.kernel_url
     try:
         run(tasks, [m.strip() for m in a.methods.split(',')], model='scripted' if a.scripted else a.model,
             sub_model=None if a.scripted else a.sub_model, out=a.out, concurrency=a.concurrency, warm=a.warm,

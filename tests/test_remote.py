@@ -251,3 +251,16 @@ def test_a_server_that_goes_away_ends_the_cell_instead_of_hanging():
             assert r.status == 'died' and 'lost' in r.text
             with pytest.raises(RemoteKernelError, match='cannot reach the kernel server'): k.restart()
         finally: k.shutdown()
+
+
+def test_the_bench_cli_places_its_kernels_on_the_server(jupyter, tmp_path):
+    env = {**os.environ, TOKEN_ENV: jupyter._token, 'RLM_NB_KERNEL_NAME': jupyter.kernel_name, 'KERNEL_USERNAME': jupyter.username}
+    p = subprocess.run([sys.executable, '-m', 'rlm_nb', 'bench', 'run', '--scripted', '--suite', 'niah', '--sizes', '1k', '--n', '2',
+                        '--methods', 'rlm', '--concurrency', '2', '--kernel-url', jupyter.url, '--out', str(tmp_path/'run'), '-q'],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(l) for l in (tmp_path/'run'/'results.jsonl').read_text().splitlines()]
+    assert len(rows) == 2 and all(r['score'] == 1 for r in rows)
+    sessions = list((tmp_path/'run'/'sessions').glob('*.ipynb'))
+    assert len(sessions) == 2
+    assert all(json.loads(nb.read_text())['metadata']['rlm_nb']['session']['settings']['kernel'] == jupyter.url for nb in sessions)

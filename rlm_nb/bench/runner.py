@@ -70,7 +70,7 @@ def _save_tasks(tasks:list, path:Path):
     os.replace(tmp, path)
 
 # %% ../../nbs/14_bench_runner.ipynb
-_HOW = ('pool', 'session_path') # how an attempt runs, not what it does: never in its key
+_HOW = ('pool', 'session_path', 'kernel') # how an attempt runs, not what it does: never in its key
 
 def reads(fn, name:str) -> bool:
     "Whether method `fn` reads the argument `name`: it names it, or takes `**options` (`**_` means: ignores the rest)."
@@ -301,6 +301,8 @@ def run(tasks:list, # `Task`s, e.g. from `make_tasks` or `load_tasks`
     "Run every method on every task not yet in `out/results.jsonl`; returns all finished attempts of these tasks and methods."
     if not 0 <= warm < concurrency: raise ValueError(f"warm must be from 0 to concurrency - 1 ({concurrency - 1}), not {warm}")
     if warm and reuse_kernels: raise ValueError("warm and reuse_kernels are two ways to get kernels: choose one")
+    if options.get('kernel') is not None and (warm or reuse_kernels):
+        raise ValueError("warm and reuse_kernels keep local kernels; with kernel= every session has its own kernel on the server")
     out, methods = Path(out).expanduser(), as_methods(methods)
     root = as_model(model, api_base, price)
     sub = root if sub_model is None else as_model(sub_model, api_base, sub_price if sub_price is not None else price)
