@@ -567,6 +567,31 @@ def stock_socket():
     try: yield
     finally: remote._QuickAckSocket = saved
 
+def raw_trivial(srv, n):
+    "`1+1` p50 times through a bare websocket loop on a kernel of its own: the floor for any client of `srv`."
+    import json, uuid
+    from websockets.sync.client import connect
+    from jupyter_client.session import Session
+    from rlm_nb.remote import v1_pack, v1_unpack, _tcp, V1
+    from rlm_nb.kernel import execute_content
+    kid, sess = srv.start_kernel(), Session(key=b'bench')
+    try:
+        u = srv.url.rsplit(':', 1)
+        with connect(f"{srv.ws_url}/api/kernels/{kid}/channels?session_id={uuid.uuid4().hex}", sock=_tcp('127.0.0.1', int(u[1]), 30),
+                     additional_headers=srv.headers(), subprotocols=[V1], compression=None, max_size=None, ping_interval=None) as ws:
+            def cell():
+                m = sess.msg('execute_request', execute_content('1+1'))
+                ws.send(v1_pack('shell', [sess.pack(m['header']), b'{}', b'{}', sess.pack(m['content'])]))
+                idle = rep = False
+                while not (idle and rep):
+                    ch, parts = v1_unpack(ws.recv())
+                    if json.loads(parts[1]).get('msg_id') != m['header']['msg_id']: continue
+                    if ch == 'shell': rep = True
+                    elif json.loads(parts[0])['msg_type'] == 'status' and json.loads(parts[3])['execution_state'] == 'idle': idle = True
+            for _ in range(20): cell()
+            return [timed(cell) for _ in range(n)]
+    finally: srv.rest('DELETE', f'/api/kernels/{kid}', ok404=True)
+
 def bench_remote(T: Table, n_start: int, n: int, reps: int, upload: int, tmp: Path):
     from rlm_nb.remote import RemoteKernel, serve_jupyter
     log(f"7. remote kernels on a local jupyter server and kernel gateway (loopback), each against a local kernel")
@@ -588,6 +613,12 @@ def bench_remote(T: Table, n_start: int, n: int, reps: int, upload: int, tmp: Pa
             with RemoteKernel(server) as rk: ours = trivial_p(rk, n)
             T.add(f"trivial cell `1+1` p50 on a {name}, remote vs local", ft(med(ours)), f"local {ft(med(local))}",
                   fx(med(ours) / med(local)), '≤ 1.3x', med(ours) / med(local) <= 1.3)
+        floor = raw_trivial(srv, n)
+        with RemoteKernel(srv) as rk: ours = trivial_p(rk, n)
+        T.add(f"trivial cell `1+1` p50 on a jupyter server: RemoteKernel vs a minimal client (one thread: send, recv until "
+              "reply and idle, nothing else)", ft(med(ours)), f"minimal client {ft(med(floor))}", fx(med(ours) / med(floor)))
+        T.note("the minimal remote client shows what any client pays on this server: the gap between it and the local "
+               "kernel is the server's own hop (websocket ⇄ zmq, one more process on the same 2 cores), not rlm_nb's client.")
         with stock_socket(), RemoteKernel(srv) as rk: stock = trivial_p(rk, min(n, 50))
         T.add("trivial cell `1+1` p50 on a jupyter server WITHOUT our quick ACKs (the 44 ms Nagle stall)", ft(med(stock)),
               f"local {ft(med(local))}", fx(med(stock) / med(local)))
