@@ -404,7 +404,11 @@ class _Deferred:
 def _remote_kernel(self:RLM, run:_Run, specs:list) -> tuple:
     "A kernel started on the session's server, and the input specs with the paths they were sent to."
     repl, t, size = RemoteKernel(self.server).start(), time.monotonic(), sum(os.path.getsize(s['path']) for s in specs if os.path.isfile(s['path']))
-    try: specs = repl.put_inputs(specs)
+    said = [t]
+    def progress(sent, of): # a line every few seconds while a big input travels
+        if time.monotonic() - said[0] >= 3:
+            said[0] = time.monotonic(); run.emit(Notice(f"sending {of / 1e6:,.0f} MB of inputs to the remote kernel: {sent / of:.0%}"))
+    try: specs = repl.put_inputs(specs, progress)
     except BaseException: repl.shutdown(); raise
     if size >= 1 << 20:
         dt = time.monotonic() - t

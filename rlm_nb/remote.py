@@ -405,13 +405,21 @@ def _close_socket(self:RemoteKernel):
         with contextlib.suppress(Exception): stack.close()
     if self._reader is not None and self._reader is not threading.current_thread(): self._reader.join(5)
 
+def _quietly(self:RemoteKernel, code:str, wait:float):
+    "Run `code` silently and wait up to `wait` s for its reply: no interrupt, no restart (a busy kernel just doesn't)."
+    mid, end = _send(self, 'shell', 'execute_request', execute_content(code, silent=True)), time.monotonic() + wait
+    while time.monotonic() < end:
+        try: chan, msg = self._inbox.get(timeout=0.05)
+        except queue.Empty: continue
+        if chan == 'shell' and msg['parent_header'].get('msg_id') == mid: return
+
 def _shutdown(self:RemoteKernel, now:bool=False):
     "Delete the kernel on the server (its directory first, when it can still answer). Safe to call twice."
     if self.id is None and self._stack is None: return
     kid = self.id
     if kid is not None and self._alive and not now and self.cwd:
-        with contextlib.suppress(BaseException): # the kernel's own files: the server would keep the directory
-            self.execute(f"import os as _o, shutil as _s; _o.chdir('/'); _s.rmtree({self.cwd!r}, ignore_errors=True)", silent=True, timeout=5)
+        with contextlib.suppress(BaseException): # the kernel's own files, which the server would keep
+            _quietly(self, f"import os as _o, shutil as _s; _o.chdir('/'); _s.rmtree({self.cwd!r}, ignore_errors=True)", 3)
     self._alive, self._closing = False, True
     if kid is not None:
         try: self.server.rest('DELETE', f'/api/kernels/{kid}', ok404=True)

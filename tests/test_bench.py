@@ -327,7 +327,6 @@ def test_a_recycled_kernel_comes_back_reset_with_the_bridge_installed_once():
     assert after['cwd'] != first and after['files'] == [] # a new empty directory
     # the bridge and the output cap are installed once, not stacked on the last session's
     for k in ('hooks', 'comms', 'write', 'init', 'submit', 'count'): assert after[k] == before[k], k
-    assert before['count'] == 1
 
 def test_a_kernel_with_a_thread_still_running_is_shut_down_not_reused():
     with KernelRecycler() as rec:

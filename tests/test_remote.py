@@ -264,3 +264,12 @@ def test_the_bench_cli_places_its_kernels_on_the_server(jupyter, tmp_path):
     sessions = list((tmp_path/'run'/'sessions').glob('*.ipynb'))
     assert len(sessions) == 2
     assert all(json.loads(nb.read_text())['metadata']['rlm_nb']['session']['settings']['kernel'] == jupyter.url for nb in sessions)
+
+
+def test_a_kernel_removes_its_private_directory_when_it_is_shut_down(jupyter, tmp_path):
+    (tmp_path/'x.txt').write_text('x')
+    with RemoteKernel(jupyter) as k:
+        k.put_inputs([{'name': 'x', 'path': str(tmp_path/'x.txt'), 'format': 'text'}])
+        where = k.cwd
+        assert os.path.isfile(os.path.join(where, 'x.txt')) # the servers here share our disk
+    assert not os.path.exists(where)
