@@ -597,8 +597,10 @@ class KernelREPL:
     def _settle(self, msg_id, grace:float=2.0):
         "Interrupt the cell `msg_id` and wait briefly for the kernel to go idle, so the next cell is not queued behind it."
         self.interrupt()
-        end = time.monotonic() + grace
+        end, again = time.monotonic() + grace, time.monotonic() + 0.5
         while self.is_alive and time.monotonic() < end:
+            if time.monotonic() > again: # an interrupt that landed while the kernel was busy in its own I/O code can be lost
+                self.interrupt(); again = time.monotonic() + 0.5
             for sock in (self.kc.iopub_channel.socket, self.kc.stdin_channel.socket, self.kc.shell_channel.socket):
                 while (msg := _recv(self.kc.session, sock)) is not None:
                     if (msg['msg_type'] == 'status' and msg['parent_header'].get('msg_id') == msg_id

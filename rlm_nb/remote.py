@@ -445,8 +445,11 @@ def _answer(self:RemoteKernel, on_request, prompt, parent) -> Future:
 def _settle(self:RemoteKernel, msg_id, grace:float=2.0):
     "Interrupt the cell `msg_id` and wait briefly for it to end, so the next cell is not queued behind it."
     with contextlib.suppress(Exception): self.interrupt()
-    end = time.monotonic() + grace
+    end, again = time.monotonic() + grace, time.monotonic() + 0.5
     while time.monotonic() < end:
+        if time.monotonic() > again: # as KernelREPL: a lost interrupt is sent again
+            with contextlib.suppress(Exception): self.interrupt()
+            again = time.monotonic() + 0.5
         try: chan, msg = self._inbox.get(timeout=0.05)
         except queue.Empty: continue
         if (chan == 'iopub' and msg['msg_type'] == 'status' and msg['parent_header'].get('msg_id') == msg_id
